@@ -1,0 +1,1 @@
+"""Agent Operating System: the messaging layer (``AgentOperatingSystem.messaging``)."""

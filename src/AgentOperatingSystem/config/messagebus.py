@@ -1,0 +1,94 @@
+"""``MessageBusConfig``: how a :class:`~AgentOperatingSystem.messaging.bus.MessageBus` behaves."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from ..messaging.errors import ConfigurationError
+from ..messaging.policy import RetryPolicy
+
+__all__ = ["MessageBusConfig"]
+
+
+def _default_data_dir() -> str:
+    return os.environ.get("AOS_DATA_DIR") or "./.aos"
+
+
+@dataclass
+class MessageBusConfig:
+    """Settings of one bus.
+
+    The engine is chosen by ``broker_url`` (``memory://``, ``sqlite:///path.db``,
+    ``nats://host:4222``). Without a URL, ``enable_persistence=True`` means SQLite in
+    ``data_dir`` (``$AOS_DATA_DIR`` or ``./.aos``) and ``False`` means memory.
+    """
+
+    enable_persistence: bool = True
+    max_queue_size: int = 10_000
+    message_ttl_seconds: float | None = None
+    broker_url: str | None = None
+    data_dir: str = field(default_factory=_default_data_dir)
+    sign_messages: bool = False
+    require_signatures: bool = False
+    lock_seconds: float = 30.0
+    default_retry_policy: RetryPolicy | Mapping[str, Any] | None = None
+    dedup_window_seconds: float = 600.0
+    max_message_bytes: int = 1024 * 1024
+    prefetch: int = 64
+    poll_interval: float = 0.2
+    hop_limit: int = 32
+    shutdown_timeout: float = 10.0
+    default_sender_id: str = "aos"
+    default_permission: Literal["allow", "deny"] = "allow"
+    storage_url: str | None = None
+    enable_tracing: bool = False
+    enable_metrics: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_queue_size", "max_message_bytes", "prefetch", "hop_limit"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
+        for name in ("lock_seconds", "dedup_window_seconds", "poll_interval", "shutdown_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+        if self.message_ttl_seconds is not None and (
+            isinstance(self.message_ttl_seconds, bool)
+            or not isinstance(self.message_ttl_seconds, (int, float))
+            or self.message_ttl_seconds <= 0
+        ):
+            raise ConfigurationError("message_ttl_seconds must be a positive number or None")
+        if self.default_permission not in ("allow", "deny"):
+            raise ConfigurationError("default_permission must be 'allow' or 'deny'")
+        self.default_retry_policy = RetryPolicy.parse(self.default_retry_policy) or RetryPolicy()
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The default retry policy as a :class:`RetryPolicy`."""
+        policy = self.default_retry_policy
+        assert isinstance(policy, RetryPolicy)
+        return policy
+
+    def resolved_broker_url(self) -> str:
+        """The engine URL this config selects."""
+        if self.broker_url:
+            return self.broker_url
+        if not self.enable_persistence:
+            return "memory://"
+        path = Path(self.data_dir).expanduser().resolve() / "messages.db"
+        return f"sqlite:///{path}"
+
+    def resolved_storage_url(self) -> str:
+        """The StorageManager URL (key ring, permissions) that goes with this bus."""
+        if self.storage_url:
+            return self.storage_url
+        url = self.resolved_broker_url()
+        if url.startswith("sqlite:"):
+            return url[: -len(".db")] + "-store.db" if url.endswith(".db") else url + "-store"
+        if url.startswith("nats://"):
+            return url
+        return "memory://"

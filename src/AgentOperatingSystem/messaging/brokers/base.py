@@ -1,0 +1,195 @@
+"""The broker seam: the few async primitives every engine provides.
+
+The bus decides delivery policy (retry and backoff, max attempts, TTL, dedup, exactly-once);
+an engine only stores envelopes in named queues and hands them out under a lock. Every engine
+passes the same contract suite in ``tests/contract/``.
+
+Times (``available_at``, ``expires_at``, lock deadlines) are epoch seconds from the engine's
+clock. A queue is created on first use. Message ids are unique among a queue's live messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+from ..policy import DEFAULT_OPTIONS, DeliveryOptions
+from ..types import Message
+
+__all__ = ["Broker", "DeadLetter", "Delivery", "Envelope", "Settlement"]
+
+
+@dataclass(slots=True)
+class Envelope:
+    """One message on its way into a queue.
+
+    ``body`` is the encoded CloudEvent (see :mod:`..envelope`). Engines that keep messages in
+    process (``needs_bytes = False``) may be handed ``message``/``options`` instead of
+    ``body``; engines that persist always get ``body``.
+    """
+
+    queue: str
+    message_id: str
+    priority: int
+    body: bytes | None = None
+    message: Message | None = None
+    options: DeliveryOptions = DEFAULT_OPTIONS
+    available_at: float = 0.0
+    expires_at: float | None = None
+    dedup_key: str | None = None
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A message handed out under a lock. ``attempts`` counts this delivery too."""
+
+    queue: str
+    message_id: str
+    token: str
+    attempts: int
+    priority: int
+    enqueued_at: float
+    expires_at: float | None
+    body: bytes | None
+    message: Message | None
+    options: DeliveryOptions
+    last_error: str | None = None
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A message in a queue's dead-letter queue, with why it is there."""
+
+    queue: str
+    message_id: str
+    priority: int
+    body: bytes | None
+    message: Message | None
+    options: DeliveryOptions
+    reason: str
+    error: str | None
+    attempts: int
+    enqueued_at: float
+    dead_lettered_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """Which delivery to settle: the message id and the lock token it was handed out with."""
+
+    message_id: str
+    token: str
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """What an engine provides. All methods are coroutines except the attribute."""
+
+    #: True when envelopes must carry ``body`` bytes (the engine persists or ships them).
+    needs_bytes: bool
+
+    async def send(
+        self,
+        envelopes: Sequence[Envelope],
+        *,
+        max_depth: int | None = None,
+        dedup_window: float = 0.0,
+    ) -> list[bool]:
+        """Enqueue all envelopes atomically; per envelope True, or False for a duplicate.
+
+        An envelope whose ``dedup_key`` was sent within ``dedup_window`` seconds is not
+        enqueued (False). Raises ``QueueFullError`` (nothing enqueued) when a queue would go
+        over ``max_depth``, and ``DuplicateMessageError`` when a message id is already live.
+        """
+        ...
+
+    async def receive(self, queue: str, max_messages: int, lock_seconds: float) -> list[Delivery]:
+        """Lock and return up to ``max_messages`` available messages: priority, then FIFO."""
+        ...
+
+    async def ack(
+        self,
+        queue: str,
+        settlements: Sequence[Settlement],
+        *,
+        processed_key: str | None = None,
+        processed_ttl: float = 0.0,
+        outbox: Sequence[Envelope] = (),
+    ) -> list[bool]:
+        """Remove settled messages; per settlement True, or False when the lock was lost.
+
+        With ``processed_key`` the key is recorded (for ``processed_ttl`` seconds) and the
+        ``outbox`` envelopes enqueued in the same transaction as the ack.
+        """
+        ...
+
+    async def release(
+        self, queue: str, settlement: Settlement, *, delay: float = 0.0, error: str | None = None
+    ) -> bool:
+        """Unlock a message so it is delivered again after ``delay`` seconds (nack)."""
+        ...
+
+    async def renew(
+        self, queue: str, settlements: Sequence[Settlement], lock_seconds: float
+    ) -> list[bool]:
+        """Extend the locks of messages still being handled."""
+        ...
+
+    async def dead_letter(
+        self, queue: str, settlement: Settlement, *, reason: str, error: str | None = None
+    ) -> bool:
+        """Move a locked message to the queue's dead-letter queue with a reason."""
+        ...
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """The queue's dead letters, oldest first."""
+        ...
+
+    async def resubmit(self, queue: str, message_id: str) -> bool:
+        """Move a dead letter back into its queue, attempts reset, available now."""
+        ...
+
+    async def purge_dead_letters(self, queue: str) -> int:
+        """Delete the queue's dead letters; return how many."""
+        ...
+
+    async def depth(self, queue: str) -> int:
+        """Messages in the queue (available, delayed or locked), dead letters excluded."""
+        ...
+
+    async def dead_letter_depth(self, queue: str) -> int:
+        """Messages in the queue's dead-letter queue."""
+        ...
+
+    async def queues(self) -> list[str]:
+        """Names of queues that hold messages or dead letters."""
+        ...
+
+    async def delete_queue(self, queue: str) -> None:
+        """Remove a queue with its messages and dead letters."""
+        ...
+
+    async def is_processed(self, key: str) -> bool:
+        """Whether an exactly-once key was recorded by ``ack`` and has not expired."""
+        ...
+
+    async def bind(self, topic: str, queue: str) -> None:
+        """Subscribe ``queue`` to ``topic`` (durable): fan-out publishes reach it."""
+        ...
+
+    async def unbind(self, topic: str, queue: str) -> None:
+        """Remove a binding."""
+        ...
+
+    async def bindings(self, topic: str) -> list[str]:
+        """Queues bound to ``topic``."""
+        ...
+
+    async def wait(self, queue: str, timeout: float) -> None:
+        """Return when messages may have become available in ``queue``, or after ``timeout``
+        seconds of real time, whichever is first."""
+        ...
+
+    async def close(self) -> None:
+        """Release every resource; further calls raise ``BrokerClosedError``."""
+        ...

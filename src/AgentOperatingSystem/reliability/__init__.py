@@ -1,0 +1,1 @@
+"""Reliability helpers: circuit breaker."""

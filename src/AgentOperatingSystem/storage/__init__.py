@@ -1,0 +1,1 @@
+"""Storage used by conversations, the agent registry and the key ring."""
