@@ -36,6 +36,7 @@ class MessageBusConfig:
     lock_seconds: float = 30.0
     default_retry_policy: RetryPolicy | Mapping[str, Any] | None = None
     dedup_window_seconds: float = 600.0
+    processed_ttl_seconds: float = 86_400.0
     max_message_bytes: int = 1024 * 1024
     prefetch: int = 64
     poll_interval: float = 0.2
@@ -52,7 +53,7 @@ class MessageBusConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
-        for name in ("lock_seconds", "dedup_window_seconds", "poll_interval", "shutdown_timeout"):
+        for name in ("lock_seconds", "dedup_window_seconds", "processed_ttl_seconds", "poll_interval", "shutdown_timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigurationError(f"{name} must be a positive number, got {value!r}")

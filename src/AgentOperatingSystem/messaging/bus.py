@@ -1013,7 +1013,7 @@ class MessageBus:
                     queue,
                     [Settlement(d.message_id, d.token)],
                     processed_key=self._processed_key(queue, msg, options),
-                    processed_ttl=max(self.config.dedup_window_seconds, self.config.lock_seconds),
+                    processed_ttl=self.config.processed_ttl_seconds,
                     outbox=outbox,
                 )
             else:
@@ -1143,7 +1143,7 @@ class MessageBus:
                 agent,
                 [Settlement(d.message_id, d.token)],
                 processed_key=self._processed_key(agent, d.message, options),
-                processed_ttl=max(self.config.dedup_window_seconds, self.config.lock_seconds),
+                processed_ttl=self.config.processed_ttl_seconds,
             )
         else:
             ok = await broker.ack(agent, [Settlement(d.message_id, d.token)])
