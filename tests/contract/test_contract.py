@@ -22,7 +22,9 @@ from .conftest import Harness
 pytestmark = pytest.mark.timeout(90)
 
 
-def task(recipient: str, n: int, priority: MessagePriority = MessagePriority.NORMAL, **kw: Any) -> Message:
+def task(
+    recipient: str, n: int, priority: MessagePriority = MessagePriority.NORMAL, **kw: Any
+) -> Message:
     return Message(
         message_type=MessageType.TASK,
         sender_id="orchestrator",
@@ -35,9 +37,16 @@ def task(recipient: str, n: int, priority: MessagePriority = MessagePriority.NOR
 
 async def test_priority_order_then_fifo(harness: Harness) -> None:
     bus = await harness.bus()
-    prios = [MessagePriority.LOW, MessagePriority.CRITICAL, MessagePriority.NORMAL,
-             MessagePriority.CRITICAL, MessagePriority.BACKGROUND, MessagePriority.HIGH,
-             MessagePriority.LOW, MessagePriority.NORMAL]
+    prios = [
+        MessagePriority.LOW,
+        MessagePriority.CRITICAL,
+        MessagePriority.NORMAL,
+        MessagePriority.CRITICAL,
+        MessagePriority.BACKGROUND,
+        MessagePriority.HIGH,
+        MessagePriority.LOW,
+        MessagePriority.NORMAL,
+    ]
     for i, p in enumerate(prios):
         await bus.publish(task("ceo", i, p))
     got = await bus.get_messages("ceo", limit=20)
@@ -126,7 +135,9 @@ async def test_ttl_expiry_goes_to_dead_letter_queue(harness: Harness) -> None:
     got = await bus.get_messages("ceo", 5)
     assert [m.content["n"] for m in got] == [2]
     dead = await bus.get_dead_letter_messages("ceo")
-    assert [(d.content["n"], d.metadata["aos.dead_letter.reason"]) for d in dead] == [(1, "expired")]
+    assert [(d.content["n"], d.metadata["aos.dead_letter.reason"]) for d in dead] == [
+        (1, "expired")
+    ]
 
 
 async def test_default_ttl_from_config(harness: Harness) -> None:
@@ -228,7 +239,9 @@ async def test_message_of_unhandled_type_is_dead_lettered_not_lost(harness: Harn
         return None
 
     await bus.subscribe("worker", [MessageType.TASK], handler)
-    await bus.publish(Message(message_type=MessageType.STATUS, sender_id="x", recipient_id="worker"))
+    await bus.publish(
+        Message(message_type=MessageType.STATUS, sender_id="x", recipient_id="worker")
+    )
     await harness.eventually(lambda: bus.dead_letter_depth("worker"))
     (dead,) = await bus.get_dead_letter_messages("worker")
     assert dead.metadata["aos.dead_letter.reason"] == "no_handler"
@@ -403,8 +416,12 @@ async def test_stream_events_filters_and_cleans_up(harness: Harness) -> None:
     consumer = asyncio.create_task(consume())
     await asyncio.wait_for(stream.ready.wait(), 10)
     await bus.publish(message_type=MessageType.EVENT, content={"event": "noise", "task_id": "x"})
-    await bus.publish(message_type=MessageType.EVENT, content={"event": "task_completed", "task_id": "t1"})
-    await bus.publish(message_type=MessageType.EVENT, content={"event_type": "task_completed", "task_id": "t2"})
+    await bus.publish(
+        message_type=MessageType.EVENT, content={"event": "task_completed", "task_id": "t1"}
+    )
+    await bus.publish(
+        message_type=MessageType.EVENT, content={"event_type": "task_completed", "task_id": "t2"}
+    )
     await asyncio.wait_for(consumer, 10)
     assert got == ["t1", "t2"]
     await stream.aclose()

@@ -53,7 +53,13 @@ class MessageBusConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
-        for name in ("lock_seconds", "dedup_window_seconds", "processed_ttl_seconds", "poll_interval", "shutdown_timeout"):
+        for name in (
+            "lock_seconds",
+            "dedup_window_seconds",
+            "processed_ttl_seconds",
+            "poll_interval",
+            "shutdown_timeout",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigurationError(f"{name} must be a positive number, got {value!r}")

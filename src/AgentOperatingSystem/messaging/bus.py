@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+from types import CoroutineType
 import logging
 from dataclasses import dataclass, field
 from typing import (
@@ -29,13 +30,16 @@ from typing import (
     Callable,
     Iterable,
     Mapping,
+    NamedTuple,
     Sequence,
+    TypedDict,
     Union,
+    Unpack,
 )
 
 from ..config.messagebus import MessageBusConfig
 from .brokers import open_broker
-from .brokers.base import Broker, DeadLetter, Delivery, Envelope, Settlement
+from .brokers.base import Broker, DeadLetter, Delivery, Envelope
 from .clock import SYSTEM_CLOCK, Clock
 from .envelope import COMPRESSION_ALGORITHMS, EncodeOptions, decode, encode
 from .errors import (
@@ -78,8 +82,7 @@ _DLQ_KEYS = (DLQ_REASON, DLQ_ERROR, DLQ_QUEUE, DLQ_ATTEMPTS, DLQ_AT)
 _MAX_ERROR = 2000
 
 
-@dataclass(frozen=True, slots=True)
-class PublishResult:
+class PublishResult(NamedTuple):
     """What a publish did: the queues it reached; ``duplicate`` when deduplication kept it out."""
 
     message_id: str
@@ -87,11 +90,47 @@ class PublishResult:
     duplicate: bool = False
 
 
+class PublishOptions(TypedDict, total=False):
+    """Keyword arguments of :meth:`MessageBus.publish`: message fields (when no Message is
+    passed) and delivery options."""
+
+    message_type: MessageType | str
+    content: dict[str, Any]
+    recipient_id: str
+    sender_id: str
+    priority: MessagePriority | int | str
+    metadata: dict[str, Any]
+    correlation_id: str
+    reply_to: str
+    ttl: int
+    message_id: str
+    message: Message
+    delivery_mode: str | DeliveryMode
+    idempotency_key: str
+    retry_policy: RetryPolicy | Mapping[str, Any]
+    compress: bool
+    compression_algorithm: str
+    encrypt: bool
+    encryption_key: bytes
+    delay: float
+    deliver_at: Any
+
+
+_MESSAGE_FIELDS = (
+    "message_type", "content", "recipient_id", "sender_id", "priority", "metadata",
+    "correlation_id", "reply_to", "ttl", "message_id",
+)
+_OPTION_FIELDS = frozenset({
+    "delivery_mode", "idempotency_key", "retry_policy", "compress", "compression_algorithm",
+    "encrypt", "encryption_key", "delay", "deliver_at",
+})
+
+
 @dataclass(slots=True)
 class _Current:
     """The delivery a handler is running for (contextvar), for hops, causation and outbox."""
 
-    bus: "MessageBus"
+    bus: MessageBus
     message: Message
     options: DeliveryOptions
     outbox: list[Envelope] | None
@@ -113,6 +152,15 @@ class Subscription:
     busy: bool = False
     held: dict[str, Delivery] = field(default_factory=dict)
     running: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class _Expired(Exception):
+    """Internal: a request's timer fired."""
+
+
+def _expire(fut: asyncio.Future[Message]) -> None:
+    if not fut.done():
+        fut.set_exception(_Expired())
 
 
 def _error_text(exc: BaseException) -> str:
@@ -151,6 +199,8 @@ class MessageBus:
         self.telemetry = telemetry
         self._started = False
         self._stopping = False
+        self._running = False
+        self._fast_put: Callable[[str, Message, int | None], None] | None = None
         self._subs: dict[str, Subscription] = {}
         self._inflight: dict[str, dict[str, Delivery]] = {}
         self._inflight_opts: dict[tuple[str, str], DeliveryOptions] = {}
@@ -162,6 +212,7 @@ class MessageBus:
         self._streams: set[EventStream] = set()
         self._bindings_cache: dict[str, tuple[float, list[str]]] = {}
         self._retry = self.config.retry_policy
+        self._slow_admit = self.config.require_signatures
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -178,7 +229,7 @@ class MessageBus:
         """True between ``start()`` and ``stop()``."""
         return self._started and not self._stopping
 
-    async def start(self) -> "MessageBus":
+    async def start(self) -> MessageBus:
         """Open the engine and the security layer; idempotent."""
         async with self._lock:
             if self._started:
@@ -202,8 +253,10 @@ class MessageBus:
             ):
                 from .observability import BusTelemetry
 
-                self.telemetry = BusTelemetry(self.config)
+                self.telemetry = BusTelemetry(self.config, clock=self.clock)
             self._started = True
+            self._running = True
+            self._fast_put = getattr(self._broker, "put_local", None)
             self._renew_task = asyncio.create_task(self._renew_locks(), name="aos-lock-renewal")
             return self
 
@@ -214,6 +267,7 @@ class MessageBus:
             self._stopping = True
             return
         self._stopping = True
+        self._running = False
         deadline = self.config.shutdown_timeout if timeout is None else timeout
         tasks: list[asyncio.Task[None]] = []
         for sub in self._subs.values():
@@ -247,7 +301,7 @@ class MessageBus:
             await self._broker.close()
         self._started = False
 
-    async def __aenter__(self) -> "MessageBus":
+    async def __aenter__(self) -> MessageBus:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -424,56 +478,66 @@ class MessageBus:
         return float(stamp())
 
     async def publish(
-        self,
-        message: Message | None = None,
-        *,
-        message_type: MessageType | str | None = None,
-        content: dict[str, Any] | None = None,
-        recipient_id: str | None = None,
-        sender_id: str | None = None,
-        priority: MessagePriority | int | str | None = None,
-        metadata: dict[str, Any] | None = None,
-        correlation_id: str | None = None,
-        reply_to: str | None = None,
-        ttl: int | None = None,
-        message_id: str | None = None,
-        delivery_mode: str | DeliveryMode = DeliveryMode.AT_LEAST_ONCE,
-        idempotency_key: str | None = None,
-        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
-        compress: bool = False,
-        compression_algorithm: str = "gzip",
-        encrypt: bool = False,
-        encryption_key: bytes | None = None,
-        delay: float | None = None,
-        deliver_at: Any = None,
+        self, message: Message | None = None, /, **options: Unpack[PublishOptions]
     ) -> PublishResult:
         """Publish a message (or build one from the keyword fields) to its recipient's queue,
         to the router's target, or, for events without a recipient, to every subscriber.
+
+        Keyword options: ``message=`` (the spec's spelling), message fields (``message_type``,
+        ``content``, ``recipient_id``, ``sender_id``, ``priority``, ``metadata``,
+        ``correlation_id``, ``reply_to``, ``ttl``, ``message_id``) when no Message is given,
+        and ``delivery_mode``, ``idempotency_key``, ``retry_policy``, ``compress``,
+        ``compression_algorithm``, ``encrypt``, ``encryption_key``, ``delay``, ``deliver_at``.
 
         Raises ``QueueFullError`` (nothing enqueued) when a queue holds ``max_queue_size``
         messages, ``PermissionDeniedError`` when access control refuses, ``RoutingError`` when
         a non-event names no recipient and no rule routes it.
         """
+        if not options and type(message) is Message:
+            fast = self._fast_put
+            if (
+                fast is not None
+                and message.recipient_id is not None
+                and message.ttl is None
+                and self._running
+                and not self._security_flags()
+                and _current.get() is None
+            ):
+                fast(message.recipient_id, message, self.config.max_queue_size)
+                return PublishResult(message.message_id, (message.recipient_id,))
         self._check()
-        msg = self._build(
-            message,
-            {
-                "message_type": message_type,
-                "content": content,
-                "recipient_id": recipient_id,
-                "sender_id": sender_id,
-                "priority": priority,
-                "metadata": metadata,
-                "correlation_id": correlation_id,
-                "reply_to": reply_to,
-                "ttl": ttl,
-                "message_id": message_id,
-            },
+        given = dict(options)
+        if "message" in given:
+            if message is not None:
+                raise InvalidMessageError("pass the message once, not also as message=")
+            message = given.pop("message")
+        unknown = set(given) - _OPTION_FIELDS - set(_MESSAGE_FIELDS)
+        if unknown:
+            raise InvalidMessageError(f"unknown publish() options {sorted(unknown)}")
+        msg = self._build(message, {k: given.get(k) for k in _MESSAGE_FIELDS})
+        opts = self._options(
+            given.get("delivery_mode", DeliveryMode.AT_LEAST_ONCE),
+            given.get("idempotency_key"),
+            given.get("retry_policy"),
         )
-        options = self._options(delivery_mode, idempotency_key, retry_policy)
-        seal = self._seal(compress, compression_algorithm, encrypt, encryption_key)
-        available_at = self._available_at(delay, deliver_at)
-        return (await self._publish_many([(msg, options)], seal, available_at))[0]
+        seal = self._seal(
+            bool(given.get("compress", False)),
+            given.get("compression_algorithm", "gzip"),
+            bool(given.get("encrypt", False)),
+            given.get("encryption_key"),
+        )
+        available_at = self._available_at(given.get("delay"), given.get("deliver_at"))
+        return (await self._publish_many([(msg, opts)], seal, available_at))[0]
+
+    def _security_flags(self) -> bool:
+        """True when anything on the publish path needs the full path (ACL, signing,
+        telemetry, a default TTL)."""
+        sec = self.security
+        return (
+            (sec is not None and (sec.acl_active or sec.signing))
+            or self.telemetry is not None
+            or self.config.message_ttl_seconds is not None
+        )
 
     async def publish_batch(
         self,
@@ -493,9 +557,7 @@ class MessageBus:
         msgs = list(messages)
         for m in msgs:
             if not isinstance(m, Message):
-                raise InvalidMessageError(
-                    f"publish_batch() takes Messages, not {type(m).__name__}"
-                )
+                raise InvalidMessageError(f"publish_batch() takes Messages, not {type(m).__name__}")
         options = self._options(delivery_mode, None, retry_policy)
         seal = self._seal(compress, compression_algorithm, encrypt, encryption_key)
         return await self._publish_many(
@@ -526,7 +588,9 @@ class MessageBus:
                     spans.append(span)
                 if security.signing:
                     await security.sign(msg)
-                plan.append((msg, queues, self._envelopes(msg, options, queues, seal, available_at)))
+                plan.append(
+                    (msg, queues, self._envelopes(msg, options, queues, seal, available_at))
+                )
             envelopes = [env for _, _, envs in plan for env in envs]
             current = _current.get()
             if current is not None and current.outbox is not None and current.bus is self:
@@ -607,50 +671,67 @@ class MessageBus:
             raise InvalidMessageError("request() needs recipient_id")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise InvalidMessageError("timeout must be a positive number of seconds")
-        correlation = new_message_id()
         msg = Message(
-            message_type=MessageType.coerce(message_type),
+            message_type=message_type,  # type: ignore[arg-type]  # coerced by Message
             sender_id=sender_id or self.config.default_sender_id,
             recipient_id=recipient_id,
-            content=dict(content or {}),
-            priority=MessagePriority.coerce(priority),
-            metadata=dict(metadata or {}),
-            correlation_id=correlation,
+            content={} if content is None else content,
+            priority=priority,  # type: ignore[arg-type]
+            metadata={} if metadata is None else metadata,
             reply_to=self.reply_queue,
         )
+        correlation = msg.correlation_id = msg.message_id
         fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[correlation] = fut
         if self._reply_task is None:
             self._reply_task = asyncio.create_task(self._reply_loop(), name="aos-replies")
         try:
-            options = self._options(
-                publish_options.pop("delivery_mode", DeliveryMode.AT_LEAST_ONCE),
-                publish_options.pop("idempotency_key", None),
-                publish_options.pop("retry_policy", None),
-            )
-            seal = self._seal(
-                publish_options.pop("compress", False),
-                publish_options.pop("compression_algorithm", "gzip"),
-                publish_options.pop("encrypt", False),
-                publish_options.pop("encryption_key", None),
-            )
+            seal: EncodeOptions | None = None
+            if not publish_options and _current.get() is None:
+                options = DEFAULT_OPTIONS
+            else:
+                options = self._options(
+                    publish_options.pop("delivery_mode", DeliveryMode.AT_LEAST_ONCE),
+                    publish_options.pop("idempotency_key", None),
+                    publish_options.pop("retry_policy", None),
+                )
+                seal = self._seal(
+                    publish_options.pop("compress", False),
+                    publish_options.pop("compression_algorithm", "gzip"),
+                    publish_options.pop("encrypt", False),
+                    publish_options.pop("encryption_key", None),
+                )
             if publish_options:
                 raise InvalidMessageError(f"unknown request() options {sorted(publish_options)}")
             # A request is sent at once even inside an exactly-once handler: waiting for the
             # answer while the request sat in the outbox could never finish.
-            token = _current.set(None)
-            try:
+            current = _current.get()
+            if (
+                options is DEFAULT_OPTIONS
+                and seal is None
+                and self._fast_put is not None
+                and self._running
+                and not self._security_flags()
+            ):
+                self._fast_put(recipient_id, msg, self.config.max_queue_size)
+            elif current is not None and current.outbox is not None:
+                token = _current.set(_Current(self, current.message, current.options, None))
+                try:
+                    await self._publish_many([(msg, options)], seal, 0.0)
+                finally:
+                    _current.reset(token)
+            else:
                 await self._publish_many([(msg, options)], seal, 0.0)
-            finally:
-                _current.reset(token)
+            timer = asyncio.get_running_loop().call_later(timeout, _expire, fut)
             try:
-                async with asyncio.timeout(timeout):
-                    response = await fut
-            except TimeoutError:
+                response = await fut
+            except _Expired:
                 raise RequestTimeoutError(
                     f"no response from {recipient_id!r} within {timeout}s"
                     f" (correlation id {correlation})"
                 ) from None
+            finally:
+                timer.cancel()
         finally:
             self._pending.pop(correlation, None)
         if response.message_type is MessageType.ERROR and response.content.get("aos_failed"):
@@ -719,14 +800,20 @@ class MessageBus:
             if not batch:
                 await broker.wait(self.reply_queue, self.config.poll_interval)
                 continue
-            done: list[Settlement] = []
+            done: list[Delivery] = []
             for d in batch:
                 msg = await self._admit(self.reply_queue, d)
                 if msg is None:
                     continue
                 fut = self._pending.get(msg.correlation_id or "")
                 if fut is not None and not fut.done():
-                    fut.set_result(msg)
+                    if self.telemetry is not None:
+                        with self.telemetry.on_handle(
+                            self.reply_queue, msg, d.attempts, d.enqueued_at
+                        ):
+                            fut.set_result(msg)
+                    else:
+                        fut.set_result(msg)
                 elif msg.recipient_id:
                     # Late: the requester gave up. Deliver to its own queue instead of losing it.
                     try:
@@ -736,12 +823,12 @@ class MessageBus:
                     except MessagingError as exc:
                         await broker.dead_letter(
                             self.reply_queue,
-                            Settlement(d.message_id, d.token),
+                            d,
                             reason="late_response",
                             error=_error_text(exc),
                         )
                         continue
-                done.append(Settlement(d.message_id, d.token))
+                done.append(d)
             if done:
                 await broker.ack(self.reply_queue, done)
 
@@ -778,20 +865,25 @@ class MessageBus:
             return None
         if options.hops > self.config.hop_limit:
             await self._dead_letter(
-                queue, d, msg, "hop_limit", None,
+                queue,
+                d,
+                msg,
+                "hop_limit",
+                None,
                 error_text=f"{options.hops} hops > hop_limit {self.config.hop_limit}",
             )
             return None
         security = self.security
         if security is not None and security.require_signatures and not security.verify(msg):
-            await self._dead_letter(queue, d, msg, "signature", None,
-                                    error_text="missing, forged or tampered signature")
+            await self._dead_letter(
+                queue, d, msg, "signature", None, error_text="missing, forged or tampered signature"
+            )
             return None
         if options.delivery_mode is DeliveryMode.AT_MOST_ONCE:
-            await broker.ack(queue, [Settlement(d.message_id, d.token)])
+            await broker.ack(queue, [d])
         elif options.delivery_mode is DeliveryMode.EXACTLY_ONCE:
             if await broker.is_processed(self._processed_key(queue, msg, options)):
-                await broker.ack(queue, [Settlement(d.message_id, d.token)])
+                await broker.ack(queue, [d])
                 return None
         return msg
 
@@ -811,20 +903,18 @@ class MessageBus:
     ) -> None:
         error = error_text if exc is None else _error_text(exc)
         ok = await self.broker.dead_letter(
-            queue, Settlement(d.message_id, d.token), reason=reason, error=error
+            queue, d, reason=reason, error=error
         )
         if self.telemetry is not None:
             mt = msg.message_type.value if msg is not None else "unknown"
-            self.telemetry.on_settle(queue, mt, "expired" if reason == "expired" else "dead_lettered")
+            self.telemetry.on_settle(
+                queue, mt, "expired" if reason == "expired" else "dead_lettered"
+            )
         if not ok:
             log.warning("dead-lettering %s in %s failed: lock lost", d.message_id, queue)
             return
         log.info("dead-lettered %s from %s: %s %s", d.message_id, queue, reason, error or "")
-        if (
-            msg is not None
-            and msg.reply_to
-            and msg.message_type in REQUEST_TYPES
-        ):
+        if msg is not None and msg.reply_to and msg.message_type in REQUEST_TYPES:
             try:
                 await self._send_response(
                     msg,
@@ -850,7 +940,11 @@ class MessageBus:
             raise InvalidMessageError("agent_id must be a non-empty string")
         if handler is None or not callable(handler):
             raise InvalidMessageError("subscribe() needs a callable handler")
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+        if (
+            isinstance(max_concurrency, bool)
+            or not isinstance(max_concurrency, int)
+            or max_concurrency < 1
+        ):
             raise ConfigurationError("max_concurrency must be an int >= 1")
         types: list[MessageType | None] = (
             [None] if message_types is None else [MessageType.coerce(t) for t in message_types]
@@ -900,7 +994,7 @@ class MessageBus:
         sub.held.clear()
         for d in held:
             try:
-                await self._broker.release(sub.agent_id, Settlement(d.message_id, d.token))
+                await self._broker.release(sub.agent_id, d)
             except BrokerClosedError:
                 return
 
@@ -931,41 +1025,81 @@ class MessageBus:
                 sub.busy = False
                 await broker.wait(queue, self.config.poll_interval)
                 continue
+            held = sub.held
             for d in batch:
-                sub.held[d.message_id] = d
-            for i, d in enumerate(batch):
-                if self._stopping or not sub.handlers:
-                    break
-                if sub.max_concurrency == 1:
-                    await self._deliver(sub, d)
-                else:
-                    task = asyncio.create_task(self._deliver(sub, d))
+                held[d.message_id] = d
+            drained = len(batch) < want
+            if sub.max_concurrency == 1:
+                # Handled in order; plain at-least-once acks are settled together after the
+                # batch (one engine call, one commit), their locks renewed meanwhile.
+                acks: list[Delivery] = []
+                for d in batch:
+                    if self._stopping or not sub.handlers:
+                        break
+                    await self._deliver(sub, d, acks)
+                if acks:
+                    await self._ack_batch(sub, acks)
+            else:
+                for d in batch:
+                    task = asyncio.create_task(self._deliver(sub, d, None))
                     sub.running.add(task)
                     task.add_done_callback(sub.running.discard)
             sub.busy = False
+            if drained and not broker.needs_bytes and not self._stopping and sub.handlers:
+                # In-process engine, queue empty after this batch: wait for the next publish
+                # (its wait() returns at once when something arrived meanwhile).
+                await broker.wait(queue, self.config.poll_interval)
             if self._stopping or not sub.handlers:
-                await self._release_held_unstarted(sub)
+                if sub.running:
+                    await asyncio.gather(*sub.running, return_exceptions=True)
+                await self._release_held(sub)
                 return
 
-    async def _release_held_unstarted(self, sub: Subscription) -> None:
-        running = {id(t) for t in sub.running}
-        if running:
-            await asyncio.gather(*sub.running, return_exceptions=True)
-        await self._release_held(sub)
+    async def _ack_batch(self, sub: Subscription, acks: list[Delivery]) -> None:
+        queue = sub.agent_id
+        try:
+            results = await self.broker.ack(queue, acks)
+        except BrokerClosedError:
+            return
+        except MessagingError:
+            log.exception("acking %d messages in %s failed; they will be redelivered", len(acks),
+                          queue)
+            results = [False] * len(acks)
+        held = sub.held
+        telemetry = self.telemetry
+        for d, ok in zip(acks, results):
+            held.pop(d.message_id, None)
+            if not ok:
+                log.warning("ack of %s in %s failed: its lock expired", d.message_id, queue)
+            elif telemetry is not None and d.message is not None:
+                telemetry.on_settle(queue, d.message.message_type.value, "acked")
 
-    async def _deliver(self, sub: Subscription, d: Delivery) -> None:
+    async def _deliver(self, sub: Subscription, d: Delivery, acks: list[Delivery] | None) -> None:
         queue = sub.agent_id
         broker = self.broker
+        settled_later = False
         try:
-            msg = await self._admit(queue, d)
-            if msg is None:
-                return
+            msg = d.message
+            if (
+                msg is None
+                or d.options is not DEFAULT_OPTIONS
+                or d.expires_at is not None
+                or d.attempts > self._retry.max_attempts
+                or self._slow_admit
+            ):
+                msg = await self._admit(queue, d)
+                if msg is None:
+                    return
             options = d.options
             mode = options.delivery_mode
             handler = sub.handlers.get(msg.message_type) or sub.handlers.get(None)
             if handler is None:
                 await self._dead_letter(
-                    queue, d, msg, "no_handler", None,
+                    queue,
+                    d,
+                    msg,
+                    "no_handler",
+                    None,
                     error_text=f"{queue!r} has no handler for {msg.message_type.value!r}",
                 )
                 return
@@ -981,13 +1115,11 @@ class MessageBus:
                 if span is not None:
                     span.__enter__()
                 result = handler(msg)
-                if inspect.isawaitable(result):
-                    result = await result
-                if (
-                    result is not None
-                    and msg.reply_to
-                    and msg.message_type in REQUEST_TYPES
+                if type(result) is CoroutineType or (
+                    result is not None and inspect.isawaitable(result)
                 ):
+                    result = await result
+                if result is not None and msg.reply_to and msg.message_type in REQUEST_TYPES:
                     await self._send_response(msg, result, sender_id=queue)
             except asyncio.CancelledError:
                 if span is not None:
@@ -998,8 +1130,12 @@ class MessageBus:
                     span.__exit__(type(exc), exc, exc.__traceback__)
                 _current.reset(token)
                 if mode is DeliveryMode.AT_MOST_ONCE:
-                    log.warning("at-most-once message %s failed in %s: %s",
-                                msg.message_id, queue, _error_text(exc))
+                    log.warning(
+                        "at-most-once message %s failed in %s: %s",
+                        msg.message_id,
+                        queue,
+                        _error_text(exc),
+                    )
                     return
                 await self._failed(queue, d, msg, exc)
                 return
@@ -1011,16 +1147,23 @@ class MessageBus:
             if outbox is not None:
                 ok = await broker.ack(
                     queue,
-                    [Settlement(d.message_id, d.token)],
+                    [d],
                     processed_key=self._processed_key(queue, msg, options),
                     processed_ttl=self.config.processed_ttl_seconds,
                     outbox=outbox,
                 )
+            elif acks is not None:
+                acks.append(d)
+                settled_later = True
+                return
             else:
-                ok = await broker.ack(queue, [Settlement(d.message_id, d.token)])
+                ok = await broker.ack(queue, [d])
             if not ok[0]:
-                log.warning("ack of %s in %s failed: its lock expired during the handler",
-                            msg.message_id, queue)
+                log.warning(
+                    "ack of %s in %s failed: its lock expired during the handler",
+                    msg.message_id,
+                    queue,
+                )
             elif telemetry is not None:
                 telemetry.on_settle(queue, msg.message_type.value, "acked")
         except BrokerClosedError:
@@ -1028,7 +1171,8 @@ class MessageBus:
         except MessagingError:
             log.exception("settling %s in %s failed; it will be redelivered", d.message_id, queue)
         finally:
-            sub.held.pop(d.message_id, None)
+            if not settled_later:
+                sub.held.pop(d.message_id, None)
 
     async def _failed(self, queue: str, d: Delivery, msg: Message, exc: BaseException) -> None:
         policy = d.options.retry_policy or self._retry
@@ -1037,7 +1181,7 @@ class MessageBus:
             return
         delay = policy.delay(d.attempts)
         await self.broker.release(
-            queue, Settlement(d.message_id, d.token), delay=delay, error=_error_text(exc)
+            queue, d, delay=delay, error=_error_text(exc)
         )
         if self.telemetry is not None:
             self.telemetry.on_settle(queue, msg.message_type.value, "nacked")
@@ -1054,7 +1198,7 @@ class MessageBus:
                 try:
                     await self.broker.renew(
                         sub.agent_id,
-                        [Settlement(d.message_id, d.token) for d in held],
+                        held,
                         self.config.lock_seconds,
                     )
                 except BrokerClosedError:
@@ -1085,9 +1229,11 @@ class MessageBus:
                     try:
                         security.authorize_subscribe(agent_id, msg.message_type)
                     except MessagingError:
-                        await broker.release(agent_id, Settlement(d.message_id, d.token))
+                        await broker.release(agent_id, d)
                         raise
                 out.append(msg)
+                if self.telemetry is not None:
+                    self.telemetry.on_settle(agent_id, msg.message_type.value, "delivered")
                 if d.options.delivery_mode is not DeliveryMode.AT_MOST_ONCE:
                     self._inflight.setdefault(msg.message_id, {})[agent_id] = d
         return out
@@ -1141,12 +1287,12 @@ class MessageBus:
         if options.delivery_mode is DeliveryMode.EXACTLY_ONCE and d.message is not None:
             ok = await broker.ack(
                 agent,
-                [Settlement(d.message_id, d.token)],
+                [d],
                 processed_key=self._processed_key(agent, d.message, options),
                 processed_ttl=self.config.processed_ttl_seconds,
             )
         else:
-            ok = await broker.ack(agent, [Settlement(d.message_id, d.token)])
+            ok = await broker.ack(agent, [d])
         if not ok[0]:
             raise LockLostError(
                 f"the lock on {message_id!r} in {agent!r} expired before the ack;"
@@ -1172,8 +1318,10 @@ class MessageBus:
         assert msg is not None
         if delay is not None:
             await broker.release(
-                agent, Settlement(d.message_id, d.token), delay=delay, error=_error_text(exc)
+                agent, d, delay=delay, error=_error_text(exc)
             )
+            if self.telemetry is not None:
+                self.telemetry.on_settle(agent, msg.message_type.value, "nacked")
             return
         await self._failed(agent, d, msg, exc)
 
@@ -1281,12 +1429,36 @@ class MessageBus:
         await self.security.set_permissions(agent_id, can_publish, can_subscribe)
 
     def add_encryption_key(self, key: bytes) -> str:
-        """Make a content key known to this bus's consumers; returns its key id."""
+        """Make a content key known to this bus's consumers (this process only); returns its
+        key id. See :meth:`store_encryption_key` to share it through the key ring."""
         if self.security is None:
             from .security import BusSecurity
 
             self.security = BusSecurity(self.config, self.storage)
         return self.security.remember_content_key(key)
+
+    async def store_encryption_key(self, key: bytes) -> str:
+        """Add a content key to the key ring in the bus's store, so every process using the
+        same store can decrypt with it; returns its key id."""
+        from .security import BusSecurity
+
+        self._check()
+        security = self.security
+        if not isinstance(security, BusSecurity):
+            raise ConfigurationError("this bus's security layer keeps no key ring")
+        return await security.store_content_key(key)
+
+    async def register_agent_keys(self, agent_id: str, *, rotate: bool = False) -> bytes:
+        """Give ``agent_id`` a signing key in this process (kept in ``data_dir/keys``) with
+        its public key in the key ring; returns the raw Ed25519 public key. Idempotent;
+        ``rotate=True`` makes a new key pair."""
+        from .security import BusSecurity
+
+        self._check()
+        security = self.security
+        if not isinstance(security, BusSecurity):
+            raise ConfigurationError("this bus's security layer keeps no key ring")
+        return await security.register_agent_keys(agent_id, rotate=rotate)
 
     # ------------------------------------------------------------------ streams
 
@@ -1295,7 +1467,7 @@ class MessageBus:
         event_types: Iterable[str] | None = None,
         *,
         agent_id: str | None = None,
-    ) -> "EventStream":
+    ) -> EventStream:
         """Iterate over EVENT messages whose ``content["event"]`` (or ``"event_type"``) is in
         ``event_types`` (all events when None). ``async for`` it; closing the iterator
         (``aclose()``, ``break`` inside ``async with``, or ``stop()``) removes its queue."""
@@ -1315,7 +1487,7 @@ class EventStream:
         self._closed = False
         self._buffer: list[Message] = []
 
-    def __aiter__(self) -> "EventStream":
+    def __aiter__(self) -> EventStream:
         return self
 
     async def _open(self) -> None:
@@ -1325,7 +1497,7 @@ class EventStream:
             self._bus._streams.add(self)
             self.ready.set()
 
-    async def __aenter__(self) -> "EventStream":
+    async def __aenter__(self) -> EventStream:
         await self._open()
         return self
 
@@ -1354,12 +1526,12 @@ class EventStream:
             if not batch:
                 await broker.wait(self.queue, bus.config.poll_interval)
                 continue
-            done: list[Settlement] = []
+            done: list[Delivery] = []
             for d in batch:
                 msg = await bus._admit(self.queue, d)
                 if msg is None:
                     continue
-                done.append(Settlement(d.message_id, d.token))
+                done.append(d)
                 if self._matches(msg):
                     self._buffer.append(msg)
             if done:

@@ -13,7 +13,7 @@ import itertools
 import time
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "ManualClock", "SystemClock", "SYSTEM_CLOCK"]
+__all__ = ["SYSTEM_CLOCK", "Clock", "ManualClock", "SystemClock"]
 
 
 @runtime_checkable

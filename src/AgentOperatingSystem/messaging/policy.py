@@ -42,7 +42,7 @@ class RetryPolicy:
             raise ConfigurationError("retry_policy jitter must be between 0 and 1")
 
     @classmethod
-    def parse(cls, value: "RetryPolicy | Mapping[str, Any] | None") -> "RetryPolicy | None":
+    def parse(cls, value: RetryPolicy | Mapping[str, Any] | None) -> RetryPolicy | None:
         """Build a policy from a dict with the spec's keys (unknown keys are an error)."""
         if value is None or isinstance(value, RetryPolicy):
             return value

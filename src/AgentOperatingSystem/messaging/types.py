@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Dict, Optional
 
@@ -32,7 +32,7 @@ def new_message_id() -> str:
 
 def utc_now() -> datetime:
     """Return the current time as an aware UTC datetime."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class MessageType(Enum):
@@ -48,7 +48,7 @@ class MessageType(Enum):
     ERROR = "error"  # Error message
 
     @classmethod
-    def coerce(cls, value: "MessageType | str") -> "MessageType":
+    def coerce(cls, value: MessageType | str) -> MessageType:
         """Accept a member, its value (``"task"``) or its name (``"TASK"``)."""
         if isinstance(value, cls):
             return value
@@ -72,7 +72,7 @@ class MessagePriority(Enum):
     BACKGROUND = 4  # Background processing
 
     @classmethod
-    def coerce(cls, value: "MessagePriority | int | str") -> "MessagePriority":
+    def coerce(cls, value: MessagePriority | int | str) -> MessagePriority:
         """Accept a member, its number (0-4) or its name (``"HIGH"``)."""
         if isinstance(value, cls):
             return value
@@ -99,7 +99,7 @@ class DeliveryMode(str, Enum):
     EXACTLY_ONCE = "exactly_once"
 
     @classmethod
-    def coerce(cls, value: "DeliveryMode | str") -> "DeliveryMode":
+    def coerce(cls, value: DeliveryMode | str) -> DeliveryMode:
         """Accept a member or its value."""
         try:
             return cls(value)
@@ -144,9 +144,7 @@ class Message:
         ):
             raise InvalidMessageError("recipient_id must be a non-empty string or None")
         if not isinstance(self.content, dict):
-            raise InvalidMessageError(
-                f"content must be a dict, not {type(self.content).__name__}"
-            )
+            raise InvalidMessageError(f"content must be a dict, not {type(self.content).__name__}")
         if not isinstance(self.metadata, dict):
             raise InvalidMessageError(
                 f"metadata must be a dict, not {type(self.metadata).__name__}"
@@ -155,7 +153,7 @@ class Message:
             raise InvalidMessageError("timestamp must be a datetime")
         if self.timestamp.tzinfo is None:
             # A naive datetime is taken as local time, as datetime.now() gives it.
-            self.timestamp = self.timestamp.astimezone(timezone.utc)
+            self.timestamp = self.timestamp.astimezone(UTC)
         for name in ("correlation_id", "reply_to"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -165,7 +163,7 @@ class Message:
         ):
             raise InvalidMessageError("ttl must be a positive number of seconds or None")
 
-    def copy(self, **changes: Any) -> "Message":
+    def copy(self, **changes: Any) -> Message:
         """Return a copy with ``content`` and ``metadata`` copied (shallow) and ``changes`` applied."""
         fields: Dict[str, Any] = {
             "message_id": self.message_id,

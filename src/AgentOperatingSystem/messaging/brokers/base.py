@@ -16,7 +16,7 @@ from typing import Protocol, Sequence, runtime_checkable
 from ..policy import DEFAULT_OPTIONS, DeliveryOptions
 from ..types import Message
 
-__all__ = ["Broker", "DeadLetter", "Delivery", "Envelope", "Settlement"]
+__all__ = ["Broker", "DeadLetter", "Delivery", "Envelope", "Settlement", "SettlementRef"]
 
 
 @dataclass(slots=True)
@@ -73,12 +73,27 @@ class DeadLetter:
     dead_lettered_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Settlement:
     """Which delivery to settle: the message id and the lock token it was handed out with."""
 
     message_id: str
     token: str
+
+
+class SettlementRef(Protocol):
+    """Anything naming a delivery to settle: a :class:`Settlement` or the :class:`Delivery`
+    itself (so settling needs no extra object per message)."""
+
+    @property
+    def message_id(self) -> str:
+        """The message id."""
+        ...
+
+    @property
+    def token(self) -> str:
+        """The lock token the message was handed out with."""
+        ...
 
 
 @runtime_checkable
@@ -110,7 +125,7 @@ class Broker(Protocol):
     async def ack(
         self,
         queue: str,
-        settlements: Sequence[Settlement],
+        settlements: Sequence[SettlementRef],
         *,
         processed_key: str | None = None,
         processed_ttl: float = 0.0,
@@ -124,19 +139,19 @@ class Broker(Protocol):
         ...
 
     async def release(
-        self, queue: str, settlement: Settlement, *, delay: float = 0.0, error: str | None = None
+        self, queue: str, settlement: SettlementRef, *, delay: float = 0.0, error: str | None = None
     ) -> bool:
         """Unlock a message so it is delivered again after ``delay`` seconds (nack)."""
         ...
 
     async def renew(
-        self, queue: str, settlements: Sequence[Settlement], lock_seconds: float
+        self, queue: str, settlements: Sequence[SettlementRef], lock_seconds: float
     ) -> list[bool]:
         """Extend the locks of messages still being handled."""
         ...
 
     async def dead_letter(
-        self, queue: str, settlement: Settlement, *, reason: str, error: str | None = None
+        self, queue: str, settlement: SettlementRef, *, reason: str, error: str | None = None
     ) -> bool:
         """Move a locked message to the queue's dead-letter queue with a reason."""
         ...

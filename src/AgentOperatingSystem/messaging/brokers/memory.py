@@ -17,32 +17,21 @@ from typing import Sequence
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BrokerClosedError, DuplicateMessageError, QueueFullError
-from ..policy import DeliveryOptions
+from ..policy import DEFAULT_OPTIONS, DeliveryOptions
 from ..types import Message
-from .base import DeadLetter, Delivery, Envelope, Settlement
+from .base import DeadLetter, Delivery, Envelope, SettlementRef
 
 __all__ = ["MemoryBroker"]
 
 
-class _Entry:
-    __slots__ = (
-        "attempts",
-        "available_at",
-        "body",
-        "enqueued_at",
-        "expires_at",
-        "last_error",
-        "locked_until",
-        "message",
-        "message_id",
-        "options",
-        "priority",
-        "seq",
-        "token",
-    )
+class _Entry(Delivery):
+    """A queued message; handed out as its own :class:`Delivery` (no copy per delivery)."""
+
+    __slots__ = ("available_at", "live", "locked_until", "seq")
 
     def __init__(
         self,
+        queue: str,
         message_id: str,
         priority: int,
         seq: int,
@@ -53,19 +42,21 @@ class _Entry:
         expires_at: float | None,
         enqueued_at: float,
     ) -> None:
+        self.queue = queue
         self.message_id = message_id
+        self.token = ""
+        self.attempts = 0
         self.priority = priority
-        self.seq = seq
+        self.enqueued_at = enqueued_at
+        self.expires_at = expires_at
         self.body = body
         self.message = message
         self.options = options
+        self.last_error = None
+        self.seq = seq
         self.available_at = available_at
-        self.expires_at = expires_at
-        self.enqueued_at = enqueued_at
-        self.attempts = 0
-        self.token: str | None = None
         self.locked_until = 0.0
-        self.last_error: str | None = None
+        self.live = True
 
 
 class _Queue:
@@ -75,7 +66,8 @@ class _Queue:
         self.ready: list[tuple[int, int, _Entry]] = []
         self.delayed: list[tuple[float, int, _Entry]] = []
         self.inflight: dict[str, _Entry] = {}
-        self.lock_heap: list[tuple[float, int, str, str]] = []
+        # one record per receive call: (lock deadline, seq, token, the entries it locked)
+        self.lock_heap: list[tuple[float, int, str, list[_Entry]]] = []
         self.live: dict[str, _Entry] = {}
         self.dead: dict[str, DeadLetter] = {}
         self.waiters: set[asyncio.Future[None]] = set()
@@ -188,9 +180,34 @@ class MemoryBroker:
                 self._insert(self._queues[env.queue], env, now, dedup_window)
         return results
 
+    def put_local(self, queue: str, message: Message, max_depth: int | None) -> None:
+        """Fast path for the bus: enqueue a plain message object (no body, no options,
+        no delay, no TTL, no dedup) without building an envelope."""
+        if self._closed:
+            raise BrokerClosedError("the memory engine is closed")
+        q = self._queues.get(queue)
+        if q is None:
+            q = self._q(queue)
+        message_id = message.message_id
+        if message_id in q.live:
+            raise DuplicateMessageError(f"message {message_id} is already in queue {queue!r}")
+        if max_depth is not None and len(q.live) >= max_depth:
+            raise QueueFullError(f"queue {queue!r} is full ({max_depth} messages); publish refused")
+        seq = next(self._seq)
+        priority: int = message.priority._value_
+        entry = _Entry(
+            queue, message_id, priority, seq, None, message, DEFAULT_OPTIONS, 0.0, None,
+            self._clock.now(),
+        )
+        q.live[message_id] = entry
+        heapq.heappush(q.ready, (priority, seq, entry))
+        if q.waiters:
+            self._notify(q)
+
     def _insert(self, q: _Queue, env: Envelope, now: float, dedup_window: float) -> None:
         seq = next(self._seq)
         entry = _Entry(
+            env.queue,
             env.message_id,
             env.priority,
             seq,
@@ -217,16 +234,16 @@ class MemoryBroker:
         delayed = q.delayed
         while delayed and delayed[0][0] <= now:
             _, _, entry = heapq.heappop(delayed)
-            if q.live.get(entry.message_id) is entry and entry.token is None:
+            if entry.live and not entry.token:
                 heapq.heappush(q.ready, (entry.priority, entry.seq, entry))
         locks = q.lock_heap
         while locks and locks[0][0] <= now:
-            _, _, message_id, token = heapq.heappop(locks)
-            entry_ = q.inflight.get(message_id)
-            if entry_ is not None and entry_.token == token and entry_.locked_until <= now:
-                del q.inflight[message_id]
-                entry_.token = None
-                heapq.heappush(q.ready, (entry_.priority, entry_.seq, entry_))
+            _, _, token, entries = heapq.heappop(locks)
+            for e in entries:
+                if e.token == token and e.locked_until <= now and q.inflight.get(e.message_id) is e:
+                    del q.inflight[e.message_id]
+                    e.token = ""
+                    heapq.heappush(q.ready, (e.priority, e.seq, e))
 
     async def receive(self, queue: str, max_messages: int, lock_seconds: float) -> list[Delivery]:
         """Lock up to ``max_messages`` available messages, priority first then FIFO."""
@@ -238,36 +255,27 @@ class MemoryBroker:
         if q.delayed or q.lock_heap:
             self._promote(q, now)
         ready = q.ready
-        out: list[Delivery] = []
+        if not ready:
+            return []
+        out: list[_Entry] = []
+        token = str(next(self._tokens))
         until = now + lock_seconds
+        inflight = q.inflight
+        pop = heapq.heappop
         while ready and len(out) < max_messages:
-            _, seq, entry = heapq.heappop(ready)
-            if q.live.get(entry.message_id) is not entry or entry.token is not None:
+            entry = pop(ready)[2]
+            if not entry.live or entry.token:
                 continue  # a stale heap item (settled or already re-queued)
-            token = str(next(self._tokens))
             entry.token = token
             entry.attempts += 1
             entry.locked_until = until
-            q.inflight[entry.message_id] = entry
-            heapq.heappush(q.lock_heap, (until, seq, entry.message_id, token))
-            out.append(
-                Delivery(
-                    queue,
-                    entry.message_id,
-                    token,
-                    entry.attempts,
-                    entry.priority,
-                    entry.enqueued_at,
-                    entry.expires_at,
-                    entry.body,
-                    entry.message,
-                    entry.options,
-                    entry.last_error,
-                )
-            )
-        return out
+            inflight[entry.message_id] = entry
+            out.append(entry)
+        if out:
+            heapq.heappush(q.lock_heap, (until, next(self._seq), token, out))
+        return list(out)
 
-    def _locked(self, q: _Queue, s: Settlement) -> _Entry | None:
+    def _locked(self, q: _Queue, s: SettlementRef) -> _Entry | None:
         entry = q.inflight.get(s.message_id)
         if entry is None or entry.token != s.token:
             return None
@@ -278,7 +286,7 @@ class MemoryBroker:
     async def ack(
         self,
         queue: str,
-        settlements: Sequence[Settlement],
+        settlements: Sequence[SettlementRef],
         *,
         processed_key: str | None = None,
         processed_ttl: float = 0.0,
@@ -290,17 +298,20 @@ class MemoryBroker:
         if q is None:
             return [False] * len(settlements)
         results: list[bool] = []
+        inflight = q.inflight
+        live = q.live
+        now = self._clock.now()
         for s in settlements:
-            entry = self._locked(q, s)
-            if entry is None:
+            entry = inflight.get(s.message_id)
+            if entry is None or entry.token != s.token or entry.locked_until <= now:
                 results.append(False)
                 continue
-            del q.inflight[s.message_id]
-            del q.live[s.message_id]
-            entry.token = None
+            del inflight[s.message_id]
+            del live[s.message_id]
+            entry.token = ""
+            entry.live = False
             results.append(True)
         if processed_key is not None and all(results):
-            now = self._clock.now()
             expires = now + max(processed_ttl, 0.0)
             self._processed[processed_key] = expires
             self._processed_order.append((expires, processed_key))
@@ -309,7 +320,7 @@ class MemoryBroker:
         return results
 
     async def release(
-        self, queue: str, settlement: Settlement, *, delay: float = 0.0, error: str | None = None
+        self, queue: str, settlement: SettlementRef, *, delay: float = 0.0, error: str | None = None
     ) -> bool:
         """Unlock for redelivery after ``delay`` seconds."""
         self._check()
@@ -318,7 +329,7 @@ class MemoryBroker:
         if q is None or entry is None:
             return False
         del q.inflight[settlement.message_id]
-        entry.token = None
+        entry.token = ""
         entry.last_error = error
         now = self._clock.now()
         if delay > 0:
@@ -330,7 +341,7 @@ class MemoryBroker:
         return True
 
     async def renew(
-        self, queue: str, settlements: Sequence[Settlement], lock_seconds: float
+        self, queue: str, settlements: Sequence[SettlementRef], lock_seconds: float
     ) -> list[bool]:
         """Extend locks."""
         self._check()
@@ -343,12 +354,12 @@ class MemoryBroker:
                 out.append(False)
                 continue
             entry.locked_until = until
-            heapq.heappush(q.lock_heap, (until, entry.seq, entry.message_id, s.token))
+            heapq.heappush(q.lock_heap, (until, next(self._seq), s.token, [entry]))
             out.append(True)
         return out
 
     async def dead_letter(
-        self, queue: str, settlement: Settlement, *, reason: str, error: str | None = None
+        self, queue: str, settlement: SettlementRef, *, reason: str, error: str | None = None
     ) -> bool:
         """Move a locked message to the dead-letter queue."""
         self._check()
@@ -358,7 +369,8 @@ class MemoryBroker:
             return False
         del q.inflight[settlement.message_id]
         del q.live[settlement.message_id]
-        entry.token = None
+        entry.token = ""
+        entry.live = False
         q.dead.pop(entry.message_id, None)
         q.dead[entry.message_id] = DeadLetter(
             queue,
@@ -469,6 +481,8 @@ class MemoryBroker:
         """Return on the next publish/release to the queue, or after ``timeout`` seconds."""
         self._check()
         q = self._q(queue)
+        if q.ready:
+            return
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         q.waiters.add(fut)

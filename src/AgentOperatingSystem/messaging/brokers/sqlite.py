@@ -97,7 +97,7 @@ def parse_sqlite_url(url: str) -> tuple[Path, dict[str, str]]:
 
 
 class _Op:
-    __slots__ = ("args", "fn", "future", "result", "error")
+    __slots__ = ("args", "error", "fn", "future", "result")
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], future: asyncio.Future[Any]):
         self.fn = fn
@@ -136,7 +136,7 @@ class SqliteBroker:
         self._last_sweep = 0.0
 
     @classmethod
-    def from_url(cls, url: str, *, clock: Clock = SYSTEM_CLOCK) -> "SqliteBroker":
+    def from_url(cls, url: str, *, clock: Clock = SYSTEM_CLOCK) -> SqliteBroker:
         """Build from a ``sqlite:///`` URL."""
         path, options = parse_sqlite_url(url)
         unknown = set(options) - {"synchronous", "busy_timeout_ms"}
@@ -146,7 +146,9 @@ class SqliteBroker:
             busy = int(options.get("busy_timeout_ms", "5000"))
         except ValueError as exc:
             raise ConfigurationError("busy_timeout_ms must be an integer") from exc
-        return cls(path, clock=clock, synchronous=options.get("synchronous", "full"), busy_timeout_ms=busy)
+        return cls(
+            path, clock=clock, synchronous=options.get("synchronous", "full"), busy_timeout_ms=busy
+        )
 
     # ---------------------------------------------------------------- worker thread
 
@@ -198,8 +200,10 @@ class SqliteBroker:
         try:
             conn = self._connect()
         except BaseException as exc:  # reported to start()
-            err = exc if isinstance(exc, MessagingError) else BrokerUnavailableError(
-                f"cannot open {self.path}: {exc}"
+            err = (
+                exc
+                if isinstance(exc, MessagingError)
+                else BrokerUnavailableError(f"cannot open {self.path}: {exc}")
             )
             if err is not exc:
                 err.__cause__ = exc
@@ -238,20 +242,36 @@ class SqliteBroker:
             for op in group:
                 op.error = err
             return
-        for op in group:
-            try:
-                conn.execute("SAVEPOINT op")
+        # Optimistic: run the whole group in one go; ops almost never fail. When one does,
+        # undo the group and run each op in its own savepoint so only that op fails.
+        try:
+            for op in group:
                 op.result = op.fn(conn, *op.args)
-                conn.execute("RELEASE op")
-            except BaseException as exc:
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-                if isinstance(exc, MessagingError):
-                    op.error = exc
-                else:
-                    err = BrokerError(f"sqlite engine error: {exc}")
-                    err.__cause__ = exc
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+                self._with_retry(conn, lambda: conn.execute("BEGIN IMMEDIATE"))
+            except sqlite3.Error as exc:
+                err = BrokerUnavailableError(f"sqlite database {self.path} is busy: {exc}")
+                err.__cause__ = exc
+                for op in group:
                     op.error = err
+                return
+            for op in group:
+                op.result = None
+                try:
+                    conn.execute("SAVEPOINT op")
+                    op.result = op.fn(conn, *op.args)
+                    conn.execute("RELEASE op")
+                except BaseException as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    if isinstance(exc, MessagingError):
+                        op.error = exc
+                    else:
+                        err = BrokerError(f"sqlite engine error: {exc}")
+                        err.__cause__ = exc
+                        op.error = err
         try:
             self._with_retry(conn, lambda: conn.execute("COMMIT"))
         except sqlite3.Error as exc:
@@ -287,7 +307,10 @@ class SqliteBroker:
 
     @staticmethod
     def _insert(
-        conn: sqlite3.Connection, envelopes: Sequence[Envelope], now: float, max_depth: int | None,
+        conn: sqlite3.Connection,
+        envelopes: Sequence[Envelope],
+        now: float,
+        max_depth: int | None,
         dedup_window: float,
     ) -> list[bool]:
         results: list[bool] = []
@@ -309,8 +332,15 @@ class SqliteBroker:
                 conn.execute(
                     "INSERT INTO messages(queue, id, priority, body, visible_at, expires_at,"
                     " enqueued_at) VALUES (?,?,?,?,?,?,?)",
-                    (env.queue, env.message_id, env.priority, env.body, env.available_at,
-                     env.expires_at, now),
+                    (
+                        env.queue,
+                        env.message_id,
+                        env.priority,
+                        env.body,
+                        env.available_at,
+                        env.expires_at,
+                        now,
+                    ),
                 )
             except sqlite3.IntegrityError as exc:
                 raise DuplicateMessageError(
@@ -325,7 +355,9 @@ class SqliteBroker:
                 (name, n),
             )
             if max_depth is not None:
-                depth = conn.execute("SELECT depth FROM depths WHERE queue=?", (name,)).fetchone()[0]
+                depth = conn.execute("SELECT depth FROM depths WHERE queue=?", (name,)).fetchone()[
+                    0
+                ]
                 if depth > max_depth:
                     raise QueueFullError(
                         f"queue {name!r} is full ({max_depth} messages); publish refused"
@@ -374,8 +406,19 @@ class SqliteBroker:
                 [(now + lock_seconds, token, r[0]) for r in rows],
             )
             return [
-                Delivery(queue, r[1], token, r[4] + 1, r[2], r[5], r[6], bytes(r[3]), None,
-                         DEFAULT_OPTIONS, r[7])
+                Delivery(
+                    queue,
+                    r[1],
+                    token,
+                    r[4] + 1,
+                    r[2],
+                    r[5],
+                    r[6],
+                    bytes(r[3]),
+                    None,
+                    DEFAULT_OPTIONS,
+                    r[7],
+                )
                 for r in rows
             ]
 
@@ -454,7 +497,8 @@ class SqliteBroker:
                     "UPDATE messages SET visible_at=? WHERE queue=? AND id=? AND token=?"
                     " AND visible_at>?",
                     (now + lock_seconds, queue, s.message_id, s.token, now),
-                ).rowcount == 1
+                ).rowcount
+                == 1
                 for s in settlements
             ]
 
@@ -476,7 +520,9 @@ class SqliteBroker:
                 return False
             conn.execute("DELETE FROM messages WHERE seq=?", (row[0],))
             conn.execute("UPDATE depths SET depth = depth - 1 WHERE queue=?", (queue,))
-            conn.execute("DELETE FROM dead_letters WHERE queue=? AND id=?", (queue, settlement.message_id))
+            conn.execute(
+                "DELETE FROM dead_letters WHERE queue=? AND id=?", (queue, settlement.message_id)
+            )
             conn.execute(
                 "INSERT INTO dead_letters(queue, id, priority, body, reason, error, attempts,"
                 " enqueued_at, dead_at) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -496,8 +542,19 @@ class SqliteBroker:
                 (queue, max(0, limit)),
             ).fetchall()
             return [
-                DeadLetter(queue, r[0], r[1], bytes(r[2]), None, DEFAULT_OPTIONS, r[3], r[4], r[5],
-                           r[6], r[7])
+                DeadLetter(
+                    queue,
+                    r[0],
+                    r[1],
+                    bytes(r[2]),
+                    None,
+                    DEFAULT_OPTIONS,
+                    r[3],
+                    r[4],
+                    r[5],
+                    r[6],
+                    r[7],
+                )
                 for r in rows
             ]
 
@@ -515,8 +572,13 @@ class SqliteBroker:
             if row is None:
                 return False
             conn.execute("DELETE FROM dead_letters WHERE dseq=?", (row[0],))
-            self._insert(conn, [Envelope(queue, message_id, row[1], bytes(row[2]), available_at=now)],
-                         now, None, 0.0)
+            self._insert(
+                conn,
+                [Envelope(queue, message_id, row[1], bytes(row[2]), available_at=now)],
+                now,
+                None,
+                0.0,
+            )
             return True
 
         ok = await self._call(op)
@@ -546,7 +608,9 @@ class SqliteBroker:
 
         def op(conn: sqlite3.Connection) -> int:
             return int(
-                conn.execute("SELECT COUNT(*) FROM dead_letters WHERE queue=?", (queue,)).fetchone()[0]
+                conn.execute(
+                    "SELECT COUNT(*) FROM dead_letters WHERE queue=?", (queue,)
+                ).fetchone()[0]
             )
 
         return await self._call(op)
@@ -588,7 +652,9 @@ class SqliteBroker:
         """Durable binding."""
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT OR IGNORE INTO bindings(topic, queue) VALUES (?, ?)", (topic, queue))
+            conn.execute(
+                "INSERT OR IGNORE INTO bindings(topic, queue) VALUES (?, ?)", (topic, queue)
+            )
 
         await self._call(op)
 
