@@ -296,7 +296,7 @@ async def run(quick: bool) -> list[dict[str, Any]]:
         )
     )
 
-    per_msg, payload = await _memory_engine_cost(20_000 if quick else 100_000)
+    per_msg, _payload = await _memory_engine_cost(20_000 if quick else 100_000)
     rows.append(
         result(
             "memory_engine_bytes_per_queued_message_above_payload",
@@ -311,7 +311,7 @@ async def run(quick: bool) -> list[dict[str, Any]]:
 
     with tempfile.TemporaryDirectory() as tmp:
         count = 100_000 if quick else 1_000_000
-        peak, base = await _sqlite_million(Path(tmp) / "million.db", count)
+        peak, _base = await _sqlite_million(Path(tmp) / "million.db", count)
     rows.append(
         result(
             f"sqlite_rss_with_{count}_queued",

@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-from types import CoroutineType
 import logging
 from dataclasses import dataclass, field
+from types import CoroutineType
 from typing import (
     Any,
     Awaitable,
@@ -143,7 +143,10 @@ _current: contextvars.ContextVar[_Current | None] = contextvars.ContextVar(
 
 @dataclass
 class Subscription:
-    """A running consumer of one agent's queue; ``handlers`` maps a type (None = any) to a handler."""
+    """A running consumer of one agent's queue.
+
+    ``handlers`` maps a message type (None: any type) to its handler.
+    """
 
     agent_id: str
     handlers: dict[MessageType | None, Handler]
@@ -503,10 +506,15 @@ class MessageBus:
                 and not self._security_flags()
                 and _current.get() is None
             ):
-                fast(message.recipient_id, message, self.config.max_queue_size)
+                tel = self.telemetry
+                if tel is None:
+                    fast(message.recipient_id, message, self.config.max_queue_size)
+                else:
+                    with tel.on_publish(message, [message.recipient_id]):
+                        fast(message.recipient_id, message, self.config.max_queue_size)
                 return PublishResult(message.message_id, (message.recipient_id,))
         self._check()
-        given = dict(options)
+        given: dict[str, Any] = dict(options)
         if "message" in given:
             if message is not None:
                 raise InvalidMessageError("pass the message once, not also as message=")
@@ -531,13 +539,11 @@ class MessageBus:
 
     def _security_flags(self) -> bool:
         """True when anything on the publish path needs the full path (ACL, signing,
-        telemetry, a default TTL)."""
+        a default TTL); the fast path reports to telemetry itself."""
         sec = self.security
         return (
-            (sec is not None and (sec.acl_active or sec.signing))
-            or self.telemetry is not None
-            or self.config.message_ttl_seconds is not None
-        )
+            sec is not None and (sec.acl_active or sec.signing)
+        ) or self.config.message_ttl_seconds is not None
 
     async def publish_batch(
         self,
@@ -713,7 +719,11 @@ class MessageBus:
                 and self._running
                 and not self._security_flags()
             ):
-                self._fast_put(recipient_id, msg, self.config.max_queue_size)
+                if self.telemetry is None:
+                    self._fast_put(recipient_id, msg, self.config.max_queue_size)
+                else:
+                    with self.telemetry.on_publish(msg, [recipient_id]):
+                        self._fast_put(recipient_id, msg, self.config.max_queue_size)
             elif current is not None and current.outbox is not None:
                 token = _current.set(_Current(self, current.message, current.options, None))
                 try:

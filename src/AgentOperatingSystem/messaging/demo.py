@@ -4,7 +4,8 @@ An orchestrator hands a task to a CEO agent; the CEO queries the CFO agent and g
 the CEO announces an event that fans out to every subscriber; an analyst whose handler fails
 ends in the dead-letter queue, is fixed and resubmitted, and the message is delivered.
 
-Run it with ``make demo``, ``aos-messaging demo`` or ``python -m AgentOperatingSystem.messaging.demo``.
+Run it with ``make demo``, ``aos-messaging demo`` or
+``python -m AgentOperatingSystem.messaging.demo``.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ def say(who: str, text: str) -> None:
 
 async def run(data_dir: Path) -> int:
     """Play the scenario on a SQLite bus in ``data_dir``; return a process exit code."""
-    if data_dir.exists():
-        shutil.rmtree(data_dir)
+    await asyncio.to_thread(shutil.rmtree, data_dir, True)
     config = MessageBusConfig(
         enable_persistence=True,
         data_dir=str(data_dir),
@@ -151,7 +151,8 @@ async def run(data_dir: Path) -> int:
             say(
                 "orchestrator",
                 f"dead letter {message.message_id[:8]}: reason={meta['aos.dead_letter.reason']}"
-                f" attempts={meta['aos.dead_letter.attempts']} error={meta['aos.dead_letter.error']!r}",
+                f" attempts={meta['aos.dead_letter.attempts']}"
+                f" error={meta['aos.dead_letter.error']!r}",
             )
         analyst_ready["fixed"] = True
         say("orchestrator", "warehouse is back; resubmitting the dead letter")

@@ -164,7 +164,7 @@ class Message:
             raise InvalidMessageError("ttl must be a positive number of seconds or None")
 
     def copy(self, **changes: Any) -> Message:
-        """Return a copy with ``content`` and ``metadata`` copied (shallow) and ``changes`` applied."""
+        """A copy (``content`` and ``metadata`` copied shallowly) with ``changes`` applied."""
         fields: Dict[str, Any] = {
             "message_id": self.message_id,
             "message_type": self.message_type,

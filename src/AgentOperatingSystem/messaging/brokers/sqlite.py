@@ -237,10 +237,12 @@ class SqliteBroker:
         try:
             self._with_retry(conn, lambda: conn.execute("BEGIN IMMEDIATE"))
         except sqlite3.Error as exc:
-            err = BrokerUnavailableError(f"sqlite database {self.path} is busy: {exc}")
-            err.__cause__ = exc
+            busy: BrokerError = BrokerUnavailableError(
+                f"sqlite database {self.path} is busy: {exc}"
+            )
+            busy.__cause__ = exc
             for op in group:
-                op.error = err
+                op.error = busy
             return
         # Optimistic: run the whole group in one go; ops almost never fail. When one does,
         # undo the group and run each op in its own savepoint so only that op fails.
@@ -252,10 +254,12 @@ class SqliteBroker:
                 conn.execute("ROLLBACK")
                 self._with_retry(conn, lambda: conn.execute("BEGIN IMMEDIATE"))
             except sqlite3.Error as exc:
-                err = BrokerUnavailableError(f"sqlite database {self.path} is busy: {exc}")
-                err.__cause__ = exc
+                gone: BrokerError = BrokerUnavailableError(
+                    f"sqlite database {self.path} is busy: {exc}"
+                )
+                gone.__cause__ = exc
                 for op in group:
-                    op.error = err
+                    op.error = gone
                 return
             for op in group:
                 op.result = None
@@ -269,9 +273,9 @@ class SqliteBroker:
                     if isinstance(exc, MessagingError):
                         op.error = exc
                     else:
-                        err = BrokerError(f"sqlite engine error: {exc}")
-                        err.__cause__ = exc
-                        op.error = err
+                        failed = BrokerError(f"sqlite engine error: {exc}")
+                        failed.__cause__ = exc
+                        op.error = failed
         try:
             self._with_retry(conn, lambda: conn.execute("COMMIT"))
         except sqlite3.Error as exc:
@@ -620,8 +624,8 @@ class SqliteBroker:
 
         def op(conn: sqlite3.Connection) -> list[str]:
             rows = conn.execute(
-                "SELECT queue FROM depths WHERE depth > 0 UNION SELECT DISTINCT queue FROM dead_letters"
-                " ORDER BY 1"
+                "SELECT queue FROM depths WHERE depth > 0"
+                " UNION SELECT DISTINCT queue FROM dead_letters ORDER BY 1"
             ).fetchall()
             return [r[0] for r in rows]
 
