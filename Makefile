@@ -37,7 +37,7 @@ bench-quick: $(STAMP) system-deps
 
 ## soak: long load runs, kept out of the default test run
 soak: $(STAMP) system-deps
-	$(VENV)/bin/pytest -m slow -p no:cacheprovider tests/soak
+	$(VENV)/bin/pytest -m slow tests/soak
 
 clean:
 	rm -rf $(VENV) .aos .pytest_cache .mypy_cache .ruff_cache test-artifacts
