@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,11 +36,14 @@ from AgentOperatingSystem.storage.manager import StorageManager
 START = 1_750_000_000.0
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "nats"])
 async def storage_manager(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[StorageManager]:
-    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/conv.db"
+    if request.param == "nats":
+        url = f"{request.getfixturevalue('nats_url')}?namespace=s{uuid.uuid4().hex[:10]}"
+    else:
+        url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/conv.db"
     manager = StorageManager(url, clock=ManualClock(START))
     try:
         yield manager

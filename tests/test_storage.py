@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,12 @@ from AgentOperatingSystem.storage.memory import MemoryStorageBackend
 from AgentOperatingSystem.storage.sqlite import SQLiteStorageBackend, path_from_url
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "nats"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StorageManager]:
-    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/store.db"
+    if request.param == "nats":
+        url = f"{request.getfixturevalue('nats_url')}?namespace=s{uuid.uuid4().hex[:10]}"
+    else:
+        url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/store.db"
     manager = StorageManager(url)
     try:
         yield manager

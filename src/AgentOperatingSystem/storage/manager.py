@@ -168,8 +168,15 @@ def _sqlite_factory(url: str, clock: Clock) -> StorageBackend:
     return SQLiteStorageBackend.from_url(url)
 
 
+def _nats_factory(url: str, clock: Clock) -> StorageBackend:
+    from .nats import NatsStorageBackend
+
+    return NatsStorageBackend(url, clock)
+
+
 register_backend("memory", _memory_factory)
 register_backend("sqlite", _sqlite_factory)
+register_backend("nats", _nats_factory)
 
 
 def _reject_constant(name: str) -> Any:
