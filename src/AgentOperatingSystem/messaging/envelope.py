@@ -22,11 +22,13 @@ import base64
 import binascii
 import gzip
 import hashlib
+import io
 import json
+import math
 import os
 import zlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Callable, Mapping
 
 from .errors import (
@@ -50,6 +52,7 @@ __all__ = [
 COMPRESSION_ALGORITHMS = ("gzip", "zstd")
 _MAX_ID = 512
 _MAX_NAME = 512
+_MAX_JSON_FIELD = 16 * 1024 * 1024  # bounded by max_bytes in practice
 _TYPES = {f"aos.{t.value}": t for t in MessageType}
 _TYPE_NAMES = {t: f"aos.{t.value}" for t in MessageType}
 _PRIORITIES = {p.value: p for p in MessagePriority}
@@ -75,8 +78,42 @@ class EncodeOptions:
 def _dumps(value: Any) -> str:
     try:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidMessageError(f"message is not JSON-serialisable: {exc}") from exc
+
+
+def _utf8(value: Any) -> bytes:
+    """JSON of ``value`` as UTF-8; strings with lone surrogates (which UTF-8 cannot carry)
+    are written as ``\\u`` escapes instead, so they round-trip."""
+    text = _dumps(value)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode(
+            "ascii"
+        )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]!r} is out of range")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def _loads(data: str | bytes) -> Any:
+    """Strict JSON: no NaN/Infinity, no numbers that overflow to infinity. Raises
+    ``ValueError`` (``UnicodeDecodeError`` included) or ``RecursionError``."""
+    if not isinstance(data, str):
+        data = data.decode(json.detect_encoding(data), "surrogatepass")
+    return _DECODER.decode(data)
 
 
 def _compress(data: bytes, algorithm: str) -> bytes:
@@ -98,15 +135,29 @@ def _decompress(data: bytes, algorithm: str, limit: int) -> bytes:
             out = d.decompress(data, limit + 1)
             if len(out) > limit or d.unconsumed_tail:
                 raise DecodeError(f"decompressed content exceeds {limit} bytes")
+            if not d.eof or d.unused_data:
+                raise DecodeError("gzip content is truncated or has trailing data")
             return out
         if algorithm == "zstd":
             import zstandard
 
-            dctx = zstandard.ZstdDecompressor()
-            out = dctx.decompressobj().decompress(data)
-            if len(out) > limit:
+            # Read at most limit + 1 bytes: a frame's declared size is not trusted, so a
+            # small bomb cannot make us allocate more than the limit.
+            reader = zstandard.ZstdDecompressor().stream_reader(
+                io.BytesIO(data), read_across_frames=False
+            )
+            with reader:
+                chunks: list[bytes] = []
+                total = 0
+                while total <= limit:
+                    chunk = reader.read(limit + 1 - total)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    total += len(chunk)
+            if total > limit:
                 raise DecodeError(f"decompressed content exceeds {limit} bytes")
-            return bytes(out)
+            return b"".join(chunks)
     except DecodeError:
         raise
     except Exception as exc:  # zlib.error, zstandard.ZstdError, ...
@@ -151,7 +202,7 @@ def encode(
         "aospriority": message.priority.value,
     }
     if seal is not None and (seal.compression or seal.encryption_key is not None):
-        raw = _dumps(message.content).encode()
+        raw = _utf8(message.content)
         if seal.compression:
             raw = _compress(raw, seal.compression)
             event["aoscompression"] = seal.compression
@@ -186,7 +237,7 @@ def encode(
             event["aoscausationid"] = options.causation_id
         if options.extras:
             event["aosextras"] = _dumps(dict(options.extras))
-    body = _dumps(event).encode()
+    body = _utf8(event)
     if max_bytes is not None and len(body) > max_bytes:
         raise MessageTooLargeError(
             f"encoded message is {len(body)} bytes; max_message_bytes is {max_bytes}"
@@ -194,7 +245,9 @@ def encode(
     return body
 
 
-def _str(event: Mapping[str, Any], name: str, *, required: bool = False, limit: int = _MAX_NAME) -> str | None:
+def _str(
+    event: Mapping[str, Any], name: str, *, required: bool = False, limit: int = _MAX_NAME
+) -> str | None:
     value = event.get(name)
     if value is None:
         if required:
@@ -202,6 +255,12 @@ def _str(event: Mapping[str, Any], name: str, *, required: bool = False, limit: 
         return None
     if not isinstance(value, str) or not value or len(value) > limit:
         raise DecodeError(f"envelope field {name!r} must be a non-empty string of <= {limit} chars")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # Ids and names become queue names and keys in engines: no lone surrogates.
+            raise DecodeError(f"envelope field {name!r} is not valid Unicode text") from None
     return value
 
 
@@ -211,9 +270,11 @@ def _json_field(event: Mapping[str, Any], name: str) -> Any:
         return None
     if not isinstance(text, str):
         raise DecodeError(f"envelope field {name!r} must be JSON text")
+    if len(text) > _MAX_JSON_FIELD:
+        raise DecodeError(f"envelope field {name!r} is too long")
     try:
-        return json.loads(text)
-    except ValueError as exc:
+        return _loads(text)
+    except (ValueError, RecursionError) as exc:
         raise DecodeError(f"envelope field {name!r} is not valid JSON") from exc
 
 
@@ -242,7 +303,7 @@ def decode(
     if len(body) > max_bytes:
         raise DecodeError(f"envelope is {len(body)} bytes; max_message_bytes is {max_bytes}")
     try:
-        event = json.loads(bytes(body))
+        event = _loads(bytes(body))
     except (ValueError, RecursionError) as exc:
         raise DecodeError(f"envelope is not JSON: {exc}") from exc
     if not isinstance(event, dict):
@@ -264,6 +325,11 @@ def decode(
         raise DecodeError("envelope field 'time' is not a valid timestamp") from exc
     if timestamp.tzinfo is None:
         raise DecodeError("envelope field 'time' has no time zone")
+    try:
+        timestamp.astimezone(UTC)
+        timestamp.utcoffset()
+    except (OverflowError, ValueError) as exc:
+        raise DecodeError("envelope field 'time' is out of range") from exc
     priority_value = event.get("aospriority", 2)
     priority = (
         _PRIORITIES.get(priority_value)
@@ -294,8 +360,8 @@ def decode(
                 raise DecodeError(f"unknown compression {compression!r}")
             raw = _decompress(raw, compression, max_bytes)
         try:
-            content = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            content = _loads(raw)
+        except (ValueError, RecursionError) as exc:
             raise DecodeError("content is not JSON") from exc
     else:
         content = event.get("data", {})
@@ -307,11 +373,15 @@ def decode(
         metadata = {}
     if not isinstance(metadata, dict):
         raise DecodeError("metadata must be a JSON object")
-    ttl = event.get("aosttl")
+    ttl: Any = event.get("aosttl")
     if ttl is not None and (
-        isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0
+        isinstance(ttl, bool)
+        or not isinstance(ttl, (int, float))
+        or not math.isfinite(ttl)
+        or ttl <= 0
     ):
         raise DecodeError("ttl must be a positive number")
+    ttl_seconds: Any = ttl  # int or float seconds, as the sender gave it
     try:
         message = Message(
             message_id=message_id,  # type: ignore[arg-type]
@@ -324,7 +394,7 @@ def decode(
             metadata=metadata,
             correlation_id=_str(event, "aoscorrelationid", limit=_MAX_ID),
             reply_to=_str(event, "aosreplyto"),
-            ttl=ttl,
+            ttl=ttl_seconds,
         )
     except InvalidMessageError as exc:
         raise DecodeError(f"envelope does not make a valid message: {exc}") from exc
@@ -338,7 +408,14 @@ def _decode_options(event: Mapping[str, Any]) -> DeliveryOptions:
     hops = event.get("aoshops", 0)
     causation = event.get("aoscausationid")
     extras = event.get("aosextras")
-    if mode_value is None and idem is None and retry is None and not hops and causation is None and extras is None:
+    if (
+        mode_value is None
+        and idem is None
+        and retry is None
+        and not hops
+        and causation is None
+        and extras is None
+    ):
         return DEFAULT_OPTIONS
     mode = DeliveryMode.AT_LEAST_ONCE
     if mode_value is not None:
