@@ -12,6 +12,7 @@ import asyncio
 import base64
 import gzip
 import hashlib
+import itertools
 import json
 import random
 import tempfile
@@ -138,8 +139,12 @@ _GZIP_BOMB = gzip.compress(b" " * (8 << 20), compresslevel=9)
 _DEEP = "[" * 50_000 + "]" * 50_000
 
 
+_NASTY_IDS = itertools.count()
+
+
 def _event(**changes: Any) -> bytes:
     event = dict(_GOOD_EVENT)
+    event["id"] = f"nasty-{next(_NASTY_IDS)}"  # each its own message, as an engine files it
     for key, value in changes.items():
         if value is _DROP:
             event.pop(key, None)
@@ -506,12 +511,14 @@ class Oracle:
         self.hop_limit = hop_limit
         self.processed: set[str] = set()
 
-    def outcome(self, body: bytes) -> str:
+    def outcome(self, body: bytes, engine_id: str) -> str:
         try:
             msg, options = decode(body, max_bytes=LIMIT, keys=self.security.content_key)
         except DecryptionError:
             return "undecryptable"
         except DecodeError:
+            return "undecodable"
+        if msg.message_id != engine_id:  # the envelope claims another message's id
             return "undecodable"
         if options.hops > self.hop_limit:
             return "hop_limit"
@@ -569,11 +576,22 @@ async def _run_consumer(
                     unique.append(body)
                     seen |= keys
             bodies = unique
+        used: set[str] = set()
         for start in range(0, len(bodies), chunk):
             envelopes = []
             for i, body in enumerate(bodies[start : start + chunk], start):
+                # An engine files a message under the id its envelope carries (as publish
+                # does); a body claiming an id already taken gets another one, which the bus
+                # must then refuse as undecodable (its envelope names another message).
                 fuzz_id = f"fz-{i}"
-                expected[fuzz_id] = oracle.outcome(body)
+                try:
+                    claimed = decode(body, max_bytes=LIMIT, keys=_KEYS.get)[0].message_id
+                    if claimed not in used:
+                        fuzz_id = claimed
+                except (DecodeError, DecryptionError):
+                    pass
+                used.add(fuzz_id)
+                expected[fuzz_id] = oracle.outcome(body, fuzz_id)
                 envelopes.append(Envelope(QUEUE, fuzz_id, 2, body=body))
             await bus.broker.send(envelopes)
             good = await bus.publish(

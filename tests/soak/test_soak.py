@@ -34,7 +34,7 @@ async def test_soak_mixed_traffic_loses_nothing(engine: str, tmp_path: Path) -> 
         for agent in agents:
             await bus.subscribe(agent, [MessageType.TASK], handler)
         failing = 0
-        for i in range(0, total, 1000):
+        for _ in range(0, total, 1000):
             batch = []
             for _ in range(1000):
                 fail = rng.random() < 0.05

@@ -95,7 +95,8 @@ class MessageBusConfig:
             return self.storage_url
         url = self.resolved_broker_url()
         if url.startswith("sqlite:"):
-            return url[: -len(".db")] + "-store.db" if url.endswith(".db") else url + "-store"
+            base = url.split("?", 1)[0]  # engine options are not storage options
+            return base[: -len(".db")] + "-store.db" if base.endswith(".db") else base + "-store"
         if url.startswith("nats://"):
             return url
         return "memory://"

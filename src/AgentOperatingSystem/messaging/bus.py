@@ -117,13 +117,30 @@ class PublishOptions(TypedDict, total=False):
 
 
 _MESSAGE_FIELDS = (
-    "message_type", "content", "recipient_id", "sender_id", "priority", "metadata",
-    "correlation_id", "reply_to", "ttl", "message_id",
+    "message_type",
+    "content",
+    "recipient_id",
+    "sender_id",
+    "priority",
+    "metadata",
+    "correlation_id",
+    "reply_to",
+    "ttl",
+    "message_id",
 )
-_OPTION_FIELDS = frozenset({
-    "delivery_mode", "idempotency_key", "retry_policy", "compress", "compression_algorithm",
-    "encrypt", "encryption_key", "delay", "deliver_at",
-})
+_OPTION_FIELDS = frozenset(
+    {
+        "delivery_mode",
+        "idempotency_key",
+        "retry_policy",
+        "compress",
+        "compression_algorithm",
+        "encrypt",
+        "encryption_key",
+        "delay",
+        "deliver_at",
+    }
+)
 
 
 @dataclass(slots=True)
@@ -862,6 +879,17 @@ class MessageBus:
             except DecodeError as exc:
                 await self._dead_letter(queue, d, None, "undecodable", exc)
                 return None
+            if msg.message_id != d.message_id:
+                await self._dead_letter(
+                    queue,
+                    d,
+                    None,
+                    "undecodable",
+                    None,
+                    error_text=f"envelope id {msg.message_id!r} is not the engine's id"
+                    f" {d.message_id!r}",
+                )
+                return None
             d.message = msg
         if d.expires_at is not None and d.expires_at <= self.clock.now():
             await self._dead_letter(queue, d, msg, "expired", None)
@@ -884,7 +912,13 @@ class MessageBus:
             )
             return None
         security = self.security
-        if security is not None and security.require_signatures and not security.verify(msg):
+        if (
+            security is not None
+            and security.require_signatures
+            and not security.verify(msg)
+            # a sender registered in another process a moment ago: re-read its key record
+            and not await security.verify_async(msg)
+        ):
             await self._dead_letter(
                 queue, d, msg, "signature", None, error_text="missing, forged or tampered signature"
             )
@@ -912,9 +946,7 @@ class MessageBus:
         error_text: str | None = None,
     ) -> None:
         error = error_text if exc is None else _error_text(exc)
-        ok = await self.broker.dead_letter(
-            queue, d, reason=reason, error=error
-        )
+        ok = await self.broker.dead_letter(queue, d, reason=reason, error=error)
         if self.telemetry is not None:
             mt = msg.message_type.value if msg is not None else "unknown"
             self.telemetry.on_settle(
@@ -924,7 +956,12 @@ class MessageBus:
             log.warning("dead-lettering %s in %s failed: lock lost", d.message_id, queue)
             return
         log.info("dead-lettered %s from %s: %s %s", d.message_id, queue, reason, error or "")
-        if msg is not None and msg.reply_to and msg.message_type in REQUEST_TYPES:
+        if (
+            msg is not None
+            and msg.reply_to
+            and msg.message_type in REQUEST_TYPES
+            and reason not in ("signature", "permission_denied")  # reply_to is not trusted then
+        ):
             try:
                 await self._send_response(
                     msg,
@@ -1072,8 +1109,9 @@ class MessageBus:
         except BrokerClosedError:
             return
         except MessagingError:
-            log.exception("acking %d messages in %s failed; they will be redelivered", len(acks),
-                          queue)
+            log.exception(
+                "acking %d messages in %s failed; they will be redelivered", len(acks), queue
+            )
             results = [False] * len(acks)
         held = sub.held
         telemetry = self.telemetry
@@ -1099,6 +1137,14 @@ class MessageBus:
             ):
                 msg = await self._admit(queue, d)
                 if msg is None:
+                    return
+            security = self.security
+            if security is not None and security.acl_active:
+                # permissions tightened while a subscription runs apply from the next message
+                try:
+                    security.authorize_subscribe(queue, msg.message_type)
+                except MessagingError as exc:
+                    await self._dead_letter(queue, d, msg, "permission_denied", exc)
                     return
             options = d.options
             mode = options.delivery_mode
@@ -1190,9 +1236,7 @@ class MessageBus:
             await self._dead_letter(queue, d, msg, "max_attempts", exc)
             return
         delay = policy.delay(d.attempts)
-        await self.broker.release(
-            queue, d, delay=delay, error=_error_text(exc)
-        )
+        await self.broker.release(queue, d, delay=delay, error=_error_text(exc))
         if self.telemetry is not None:
             self.telemetry.on_settle(queue, msg.message_type.value, "nacked")
 
@@ -1327,9 +1371,7 @@ class MessageBus:
         msg = d.message
         assert msg is not None
         if delay is not None:
-            await broker.release(
-                agent, d, delay=delay, error=_error_text(exc)
-            )
+            await broker.release(agent, d, delay=delay, error=_error_text(exc))
             if self.telemetry is not None:
                 self.telemetry.on_settle(agent, msg.message_type.value, "nacked")
             return
@@ -1482,6 +1524,11 @@ class MessageBus:
         ``event_types`` (all events when None). ``async for`` it; closing the iterator
         (``aclose()``, ``break`` inside ``async with``, or ``stop()``) removes its queue."""
         self._check()
+        security = self.security
+        if security is not None and security.acl_active:
+            security.authorize_subscribe(
+                agent_id or self.config.default_sender_id, MessageType.EVENT
+            )
         names = None if event_types is None else frozenset(event_types)
         return EventStream(self, names, agent_id)
 

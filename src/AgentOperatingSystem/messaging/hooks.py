@@ -59,6 +59,10 @@ class SecurityHooks(Protocol):
         """True when the message carries a valid signature of its sender."""
         ...
 
+    async def verify_async(self, message: Message) -> bool:
+        """Like :meth:`verify`, re-reading the sender's keys when its key id is unknown here."""
+        ...
+
     def content_key(self, key_id: str) -> bytes | None:
         """The content-encryption key with that id, if this process has it."""
         ...

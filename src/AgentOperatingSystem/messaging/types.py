@@ -158,6 +158,15 @@ class Message:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise InvalidMessageError(f"{name} must be a string or None")
+        for name in ("message_id", "sender_id", "recipient_id", "correlation_id", "reply_to"):
+            value = getattr(self, name)
+            if value is not None and not value.isascii():
+                try:
+                    value.encode()
+                except UnicodeEncodeError:
+                    raise InvalidMessageError(
+                        f"{name} is not valid text (it holds a lone surrogate)"
+                    ) from None
         if self.ttl is not None and (
             isinstance(self.ttl, bool) or not isinstance(self.ttl, (int, float)) or self.ttl <= 0
         ):

@@ -35,7 +35,7 @@ from ..errors import (
     QueueFullError,
 )
 from ..policy import DEFAULT_OPTIONS
-from .base import DeadLetter, Delivery, Envelope, Settlement
+from .base import DeadLetter, Delivery, Envelope, SettlementRef
 
 __all__ = ["SqliteBroker", "parse_sqlite_url"]
 
@@ -431,7 +431,7 @@ class SqliteBroker:
     async def ack(
         self,
         queue: str,
-        settlements: Sequence[Settlement],
+        settlements: Sequence[SettlementRef],
         *,
         processed_key: str | None = None,
         processed_ttl: float = 0.0,
@@ -471,7 +471,7 @@ class SqliteBroker:
         return result
 
     async def release(
-        self, queue: str, settlement: Settlement, *, delay: float = 0.0, error: str | None = None
+        self, queue: str, settlement: SettlementRef, *, delay: float = 0.0, error: str | None = None
     ) -> bool:
         """Unlock for redelivery after ``delay``."""
         now = self._clock.now()
@@ -490,7 +490,7 @@ class SqliteBroker:
         return ok
 
     async def renew(
-        self, queue: str, settlements: Sequence[Settlement], lock_seconds: float
+        self, queue: str, settlements: Sequence[SettlementRef], lock_seconds: float
     ) -> list[bool]:
         """Extend locks."""
         now = self._clock.now()
@@ -509,7 +509,7 @@ class SqliteBroker:
         return await self._call(op)
 
     async def dead_letter(
-        self, queue: str, settlement: Settlement, *, reason: str, error: str | None = None
+        self, queue: str, settlement: SettlementRef, *, reason: str, error: str | None = None
     ) -> bool:
         """Move a locked message to the dead-letter table."""
         now = self._clock.now()
