@@ -122,7 +122,9 @@ async def test_disabled_telemetry_leaves_the_hot_path_alone() -> None:
 
 async def test_counters_and_latency_follow_the_messages() -> None:
     clock = ManualClock()
-    config = MessageBusConfig(broker_url="memory://", enable_metrics=True, poll_interval=0.01)
+    config = MessageBusConfig(
+        broker_url="memory://", enable_metrics=True, poll_interval=0.01, metrics_sample_every=1
+    )
     async with MessageBus(config, clock=clock) as bus:
         tel = bus.telemetry
         assert isinstance(tel, BusTelemetry)
@@ -158,6 +160,57 @@ async def test_counters_and_latency_follow_the_messages() -> None:
         assert samples[f'message_bus_delivery_latency_seconds_bucket{{{labels},le="2.5"}}'] == 3
         assert samples[f"message_bus_delivery_latency_seconds_sum{{{labels}}}"] == 7.5
         assert samples[f"message_bus_handler_duration_seconds_count{{{labels}}}"] == 3
+
+
+async def test_metrics_only_counts_exactly_and_samples_timings() -> None:
+    """With metrics but no spans the bus counts per batch (every counter exact) and times one
+    handler in ``metrics_sample_every`` (the histograms hold that share)."""
+    config = MessageBusConfig(
+        broker_url="memory://",
+        enable_metrics=True,
+        poll_interval=0.01,
+        metrics_sample_every=8,
+        default_retry_policy={"initial_delay": 0.0},
+    )
+    async with MessageBus(config) as bus:
+        tel = bus.telemetry
+        assert isinstance(tel, BusTelemetry) and not tel.per_message
+        for i in range(32):
+            await bus.publish(
+                Message(
+                    message_type=MessageType.TASK,
+                    sender_id="t",
+                    recipient_id="worker",
+                    content={"i": i},
+                )
+            )
+        done = asyncio.Event()
+        seen: list[int] = []
+
+        async def handler(m: Message) -> None:
+            seen.append(m.content["i"])
+            if m.content["i"] == 5 and seen.count(5) == 1:
+                raise RuntimeError("one failure")
+            if len(seen) == 33:
+                done.set()
+
+        await bus.subscribe("worker", [MessageType.TASK], handler)
+        await asyncio.wait_for(done.wait(), 5)
+
+        async def acked() -> bool:
+            return tel.series_value("worker", "task", "acked") == 32
+
+        await wait_for(acked)
+        samples = parse_prometheus(tel.render())
+        labels = 'agent="worker",message_type="task"'
+        assert samples[f"message_bus_messages_published_total{{{labels}}}"] == 32
+        assert samples[f"message_bus_messages_delivered_total{{{labels}}}"] == 33
+        assert samples[f"message_bus_messages_acked_total{{{labels}}}"] == 32
+        assert samples[f"message_bus_handler_errors_total{{{labels}}}"] == 1
+        assert samples[f"message_bus_messages_nacked_total{{{labels}}}"] == 1
+        timed = samples[f"message_bus_handler_duration_seconds_count{{{labels}}}"]
+        assert timed == samples[f"message_bus_delivery_latency_seconds_count{{{labels}}}"]
+        assert 3 <= timed <= 5  # one in eight of 33 handler calls (32 that succeeded are timed)
 
 
 async def test_failures_nacks_dead_letters_and_expiry_are_counted() -> None:
@@ -211,7 +264,9 @@ async def test_failures_nacks_dead_letters_and_expiry_are_counted() -> None:
 
 
 async def test_metrics_endpoint_counters_move_as_messages_flow() -> None:
-    config = MessageBusConfig(broker_url="memory://", enable_metrics=True, poll_interval=0.01)
+    config = MessageBusConfig(
+        broker_url="memory://", enable_metrics=True, poll_interval=0.01, metrics_sample_every=1
+    )
     async with MessageBus(config) as bus:
         app = web.Application()
         install_metrics(app, bus)

@@ -23,6 +23,7 @@ import contextvars
 import inspect
 import logging
 from dataclasses import dataclass, field
+from time import perf_counter
 from types import CoroutineType
 from typing import (
     Any,
@@ -233,6 +234,8 @@ class MessageBus:
         self._bindings_cache: dict[str, tuple[float, list[str]]] = {}
         self._retry = self.config.retry_policy
         self._slow_admit = self.config.require_signatures
+        self._timing_tick = 0
+        self._sample_every = self.config.metrics_sample_every
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -526,6 +529,11 @@ class MessageBus:
                 tel = self.telemetry
                 if tel is None:
                     fast(message.recipient_id, message, self.config.max_queue_size)
+                elif not tel.per_message:
+                    fast(message.recipient_id, message, self.config.max_queue_size)
+                    counts = tel.published_counts
+                    key = (message.recipient_id, message.message_type._value_)
+                    counts[key] = counts.get(key, 0) + 1
                 else:
                     with tel.on_publish(message, [message.recipient_id]):
                         fast(message.recipient_id, message, self.config.max_queue_size)
@@ -1080,15 +1088,23 @@ class MessageBus:
                 # Handled in order; plain at-least-once acks are settled together after the
                 # batch (one engine call, one commit), their locks renewed meanwhile.
                 acks: list[Delivery] = []
+                tel = self.telemetry
+                # metrics only (no spans, no live listener): counted per batch, timed sampled
+                samples: list[tuple[str, float, float]] | None = (
+                    [] if tel is not None and not tel.per_message else None
+                )
                 for d in batch:
                     if self._stopping or not sub.handlers:
                         break
-                    await self._deliver(sub, d, acks)
+                    await self._deliver(sub, d, acks, samples)
                 if acks:
-                    await self._ack_batch(sub, acks)
+                    await self._ack_batch(sub, acks, samples)
+                elif samples:
+                    assert tel is not None
+                    tel.record_batch(queue, {}, samples)
             else:
                 for d in batch:
-                    task = asyncio.create_task(self._deliver(sub, d, None))
+                    task = asyncio.create_task(self._deliver(sub, d, None, None))
                     sub.running.add(task)
                     task.add_done_callback(sub.running.discard)
             sub.busy = False
@@ -1102,7 +1118,12 @@ class MessageBus:
                 await self._release_held(sub)
                 return
 
-    async def _ack_batch(self, sub: Subscription, acks: list[Delivery]) -> None:
+    async def _ack_batch(
+        self,
+        sub: Subscription,
+        acks: list[Delivery],
+        samples: list[tuple[str, float, float]] | None = None,
+    ) -> None:
         queue = sub.agent_id
         try:
             results = await self.broker.ack(queue, acks)
@@ -1115,14 +1136,31 @@ class MessageBus:
             results = [False] * len(acks)
         held = sub.held
         telemetry = self.telemetry
+        if telemetry is not None and samples is not None:
+            counted: dict[str, int] = {}
+            for d, ok in zip(acks, results):
+                held.pop(d.message_id, None)
+                if ok:
+                    mt = d.message.message_type._value_  # type: ignore[union-attr]  # handled
+                    counted[mt] = counted.get(mt, 0) + 1
+                else:
+                    log.warning("ack of %s in %s failed: its lock expired", d.message_id, queue)
+            telemetry.record_batch(queue, counted, samples)
+            return
         for d, ok in zip(acks, results):
             held.pop(d.message_id, None)
             if not ok:
                 log.warning("ack of %s in %s failed: its lock expired", d.message_id, queue)
             elif telemetry is not None and d.message is not None:
-                telemetry.on_settle(queue, d.message.message_type.value, "acked")
+                telemetry.on_settle(queue, d.message.message_type._value_, "acked")
 
-    async def _deliver(self, sub: Subscription, d: Delivery, acks: list[Delivery] | None) -> None:
+    async def _deliver(
+        self,
+        sub: Subscription,
+        d: Delivery,
+        acks: list[Delivery] | None,
+        samples: list[tuple[str, float, float]] | None,
+    ) -> None:
         queue = sub.agent_id
         broker = self.broker
         settled_later = False
@@ -1162,11 +1200,17 @@ class MessageBus:
             telemetry = self.telemetry
             outbox: list[Envelope] | None = [] if mode is DeliveryMode.EXACTLY_ONCE else None
             token = _current.set(_Current(self, msg, options, outbox))
-            span = (
-                telemetry.on_handle(queue, msg, d.attempts, d.enqueued_at)
-                if telemetry is not None
-                else None
-            )
+            span = None
+            t0 = latency = -1.0
+            if telemetry is not None:
+                if samples is None:
+                    span = telemetry.on_handle(queue, msg, d.attempts, d.enqueued_at)
+                else:
+                    self._timing_tick += 1
+                    if self._timing_tick >= self._sample_every:
+                        self._timing_tick = 0
+                        latency = self.clock.now() - d.enqueued_at
+                        t0 = perf_counter()
             try:
                 if span is not None:
                     span.__enter__()
@@ -1184,6 +1228,8 @@ class MessageBus:
             except Exception as exc:
                 if span is not None:
                     span.__exit__(type(exc), exc, exc.__traceback__)
+                elif samples is not None and telemetry is not None:
+                    telemetry.count_error(queue, msg.message_type._value_)
                 _current.reset(token)
                 if mode is DeliveryMode.AT_MOST_ONCE:
                     log.warning(
@@ -1197,8 +1243,12 @@ class MessageBus:
                 return
             if span is not None:
                 span.__exit__(None, None, None)
+            elif t0 >= 0.0 and samples is not None:
+                samples.append((msg.message_type._value_, latency, perf_counter() - t0))
             _current.reset(token)
             if mode is DeliveryMode.AT_MOST_ONCE:
+                if samples is not None and telemetry is not None:
+                    telemetry.record_batch(queue, {msg.message_type._value_: 1}, [])
                 return
             if outbox is not None:
                 ok = await broker.ack(
@@ -1220,6 +1270,8 @@ class MessageBus:
                     msg.message_id,
                     queue,
                 )
+            elif samples is not None and telemetry is not None:
+                telemetry.record_batch(queue, {msg.message_type._value_: 1}, [])
             elif telemetry is not None:
                 telemetry.on_settle(queue, msg.message_type.value, "acked")
         except BrokerClosedError:

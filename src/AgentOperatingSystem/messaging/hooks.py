@@ -88,3 +88,24 @@ class TelemetryHooks(Protocol):
     def on_settle(self, agent_id: str, message_type: str, outcome: str) -> None:
         """``outcome`` is one of delivered, acked, nacked, dead_lettered, expired."""
         ...
+
+    #: True when every message needs ``on_publish``/``on_handle`` (spans or listeners);
+    #: False lets the bus use the batched calls below.
+    per_message: bool
+    #: Batched path: publishes the bus counted inline, (queue, message type) -> count.
+    published_counts: dict[tuple[str, str], int]
+
+    def count_publish(self, queue: str, message_type: str) -> None:
+        """Batched path: one successful publish."""
+        ...
+
+    def count_error(self, queue: str, message_type: str) -> None:
+        """Batched path: one handler call that raised."""
+        ...
+
+    def record_batch(
+        self, queue: str, acked: dict[str, int], samples: list[tuple[str, float, float]]
+    ) -> None:
+        """Batched path: handled-and-acked counts per type, and sampled
+        ``(message_type, delivery latency, handler duration)``."""
+        ...

@@ -450,6 +450,7 @@ class _Series:
         "duration",
         "errors",
         "expired",
+        "handled",
         "latency",
         "message_type",
         "nacked",
@@ -468,6 +469,7 @@ class _Series:
         self.dead_lettered = 0
         self.expired = 0
         self.errors = 0
+        self.handled = 0
         self.latency = _Histogram(bounds)
         self.duration = _Histogram(bounds)
         self.on_publish = _CountPublish(self)
@@ -475,8 +477,8 @@ class _Series:
 
     @property
     def handed_out(self) -> int:
-        """Deliveries: to handlers (one latency observation each) and to pullers."""
-        return self.delivered + self.latency.count
+        """Deliveries: to handlers (``handled``) and to pullers (``delivered``)."""
+        return self.delivered + self.handled
 
 
 class _CountPublish:
@@ -607,6 +609,12 @@ class BusTelemetry:
         self._listeners: list[TelemetryListener] = []
         # True when a hook must take the full path (spans or listeners).
         self._slow = self._live
+        #: True when the bus must call the per-message hooks (spans or listeners); kept in
+        #: step with ``_slow`` so the bus reads a plain attribute on its hot path.
+        self.per_message = self._slow
+        #: Publishes counted inline by the bus on the batched path: (queue, type) -> count,
+        #: folded into the series whenever the metrics are read.
+        self.published_counts: dict[tuple[str, str], int] = {}
         self.registry.add_collector(self._collect)
 
     # -- tracing -----------------------------------------------------------------------
@@ -625,7 +633,7 @@ class BusTelemetry:
         if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
             return None
         self._tracer = provider.get_tracer(_INSTRUMENTATION)
-        self._live = self._slow = True
+        self._live = self._slow = self.per_message = True
         self._next_check = math.inf
         return self._tracer
 
@@ -650,6 +658,7 @@ class BusTelemetry:
         """A counter of one (agent, type): ``published``, ``delivered``, ``acked``, ...
 
         (0 when nothing was counted.)"""
+        self._fold()
         series = self._by_label.get((agent, message_type))
         if series is None or what not in _Series.__slots__:
             return 0
@@ -663,6 +672,7 @@ class BusTelemetry:
     def counts(self) -> dict[str, dict[str, int]]:
         """Per agent label, the counters summed over message types: ``published``,
         ``delivered``, ``acked``, ``nacked``, ``dead_lettered``, ``expired``, ``errors``."""
+        self._fold()
         out: dict[str, dict[str, int]] = {}
         for (agent, mt), _ in sorted(self._by_label.items()):
             row = out.setdefault(agent, dict.fromkeys(_COUNT_NAMES, 0))
@@ -700,6 +710,7 @@ class BusTelemetry:
         latency = self._now() - enqueued_at
         if latency < 0.0:
             latency = 0.0
+        series.handled += 1
         hist = series.latency
         hist.counts[bisect_left(hist.bounds, latency)] += 1
         hist.sum += latency
@@ -708,6 +719,61 @@ class BusTelemetry:
             timer.t0 = perf_counter()
             return timer
         return _Timer(series, perf_counter())
+
+    # -- batched path ---------------------------------------------------------------------
+    #
+    # With only metrics recorded (no spans, no live listeners) the bus does not call the
+    # per-message hooks: it counts publishes with one call, counts a consumer batch's handled
+    # and acked messages per type once per batch, and times one handler in
+    # ``metrics_sample_every`` (delivery latency and handler duration histograms are sampled;
+    # every counter is exact; ``MessageBusConfig.metrics_sample_every``).
+
+    def count_publish(self, queue: str, message_type: str) -> None:
+        """Count one successful publish to ``queue`` (batched path; the bus may instead add
+        to :attr:`published_counts` itself)."""
+        key = (queue, message_type)
+        self.published_counts[key] = self.published_counts.get(key, 0) + 1
+
+    def _fold(self) -> None:
+        """Move the inline publish counts into their series."""
+        if not self.published_counts:
+            return
+        counts, self.published_counts = self.published_counts, {}
+        if not self.metrics_enabled:
+            return
+        for (queue, mt), n in counts.items():
+            (self._series.get((queue, mt)) or self._new_series(queue, mt)).published += n
+
+    def count_error(self, queue: str, message_type: str) -> None:
+        """Count one handler call that raised (batched path)."""
+        if self.metrics_enabled:
+            series = self._series.get((queue, message_type)) or self._new_series(
+                queue, message_type
+            )
+            series.handled += 1
+            series.errors += 1
+
+    def record_batch(
+        self,
+        queue: str,
+        acked: dict[str, int],
+        samples: list[tuple[str, float, float]],
+    ) -> None:
+        """A consumer batch on the batched path: per message type, how many were handled
+        and acked; and ``(message_type, latency, duration)`` of the timed handlers."""
+        if not self._slow and monotonic() >= self._next_check:
+            self._active_tracer()  # a tracer provider installed since: per-message from now
+        if not self.metrics_enabled:
+            return
+        get = self._series.get
+        for mt, n in acked.items():
+            series = get((queue, mt)) or self._new_series(queue, mt)
+            series.handled += n
+            series.acked += n
+        for mt, latency, duration in samples:
+            series = get((queue, mt)) or self._new_series(queue, mt)
+            series.latency.observe(latency if latency > 0.0 else 0.0)
+            series.duration.observe(duration)
 
     def on_settle(self, agent_id: str, message_type: str, outcome: str) -> None:
         """Count a settlement; ``outcome`` is one of :data:`OUTCOMES`."""
@@ -745,13 +811,13 @@ class BusTelemetry:
         ``duration_ms``) or one of :data:`OUTCOMES`; listeners run inline on the bus's path,
         so they must be quick and must not raise (an exception is logged and ignored)."""
         self._listeners.append(listener)
-        self._slow = True
+        self._slow = self.per_message = True
 
     def remove_listener(self, listener: TelemetryListener) -> None:
         """Stop calling ``listener``."""
         if listener in self._listeners:
             self._listeners.remove(listener)
-        self._slow = self._live or bool(self._listeners)
+        self._slow = self.per_message = self._live or bool(self._listeners)
 
     def emit(self, event: dict[str, Any]) -> None:
         """Give ``event`` (a timestamp is added) to every listener."""
@@ -766,6 +832,7 @@ class BusTelemetry:
 
     def known_queues(self) -> set[str]:
         """Agent queues this bus has published to, delivered from or sampled."""
+        self._fold()
         return set(self._queues) | set(self._depths)
 
     async def sample(self, bus: Any, queues: Iterable[str] = ()) -> dict[str, tuple[int, int]]:
@@ -793,6 +860,7 @@ class BusTelemetry:
         return depths
 
     def _collect(self) -> list[MetricFamily]:
+        self._fold()
         if not self.metrics_enabled:
             return []
         series = sorted(self._by_label.values(), key=lambda s: (s.agent, s.message_type))
@@ -966,6 +1034,7 @@ class _HandleScope:
             self._series = series
             latency = tel._now() - self._enqueued
             series.latency.observe(latency if latency > 0.0 else 0.0)
+            series.handled += 1
         self._t0 = perf_counter()
         return self
 
