@@ -117,7 +117,8 @@ class PublishOptions(TypedDict, total=False):
     deliver_at: Any
 
 
-_MESSAGE_FIELDS = (
+#: The Message fields ``publish()`` accepts as keywords (also the admin API's send/request).
+MESSAGE_FIELDS = _MESSAGE_FIELDS = (
     "message_type",
     "content",
     "recipient_id",

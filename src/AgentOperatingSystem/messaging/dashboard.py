@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from .bus import MESSAGE_FIELDS
 from .errors import (
     ConversationNotFoundError,
     InvalidMessageError,
@@ -661,18 +662,7 @@ def _redact(url: str) -> str:
     return url
 
 
-_FIELDS = (
-    "message_type",
-    "content",
-    "recipient_id",
-    "sender_id",
-    "priority",
-    "metadata",
-    "correlation_id",
-    "reply_to",
-    "ttl",
-    "message_id",
-)
+_FIELDS = MESSAGE_FIELDS
 
 
 def _message_fields(body: dict[str, Any], *, require_type: bool) -> dict[str, Any]:

@@ -543,6 +543,26 @@ class _Timer:
 _NULL_SCOPE = nullcontext()
 
 
+def _span_attributes(
+    msg: Message, operation_type: str, operation: str, destination: str
+) -> dict[str, str]:
+    """The attributes every AOS span carries (all strings)."""
+    attributes = {
+        "messaging.system": "aos",
+        "messaging.operation.type": operation_type,
+        "messaging.operation.name": operation,
+        "messaging.destination.name": destination,
+        "messaging.message.id": msg.message_id,
+        "aos.message_type": msg.message_type.value,
+        "aos.sender_id": msg.sender_id,
+    }
+    if msg.recipient_id is not None:
+        attributes["aos.recipient_id"] = msg.recipient_id
+    if msg.correlation_id is not None:
+        attributes["messaging.message.conversation_id"] = msg.correlation_id
+    return attributes
+
+
 _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("published", "message_bus_messages_published_total", "Messages published, per queue."),
     ("handed_out", "message_bus_messages_delivered_total", "Messages handed to a consumer."),
@@ -932,21 +952,9 @@ class _PublishScope:
         if not trace.get_current_span().get_span_context().is_valid:
             parent = extract_trace_context(msg)
         dest = queues[0] if len(queues) == 1 else msg.message_type.value
-        attributes: dict[str, str] = {
-            "messaging.system": "aos",
-            "messaging.operation.type": "send",
-            "messaging.operation.name": "publish",
-            "messaging.destination.name": dest,
-            "messaging.message.id": msg.message_id,
-            "aos.message_type": msg.message_type.value,
-            "aos.sender_id": msg.sender_id,
-            "aos.priority": msg.priority.name,
-            "aos.queues": ",".join(queues),
-        }
-        if msg.recipient_id is not None:
-            attributes["aos.recipient_id"] = msg.recipient_id
-        if msg.correlation_id is not None:
-            attributes["messaging.message.conversation_id"] = msg.correlation_id
+        attributes = _span_attributes(msg, "send", "publish", dest)
+        attributes["aos.priority"] = msg.priority.name
+        attributes["aos.queues"] = ",".join(queues)
         span = tracer.start_span(
             f"publish {_agent_label(dest)}",
             context=parent,
@@ -1043,20 +1051,8 @@ class _HandleScope:
         # The parent is the publisher's span, never whatever context the consumer task
         # happened to inherit; without trace context the handler starts a new trace.
         parent = extract_trace_context(msg) or otel_context.Context()
-        attributes: dict[str, str] = {
-            "messaging.system": "aos",
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
-            "messaging.destination.name": self._agent,
-            "messaging.message.id": msg.message_id,
-            "aos.message_type": msg.message_type.value,
-            "aos.sender_id": msg.sender_id,
-            "aos.attempt": str(self._attempt),
-        }
-        if msg.recipient_id is not None:
-            attributes["aos.recipient_id"] = msg.recipient_id
-        if msg.correlation_id is not None:
-            attributes["messaging.message.conversation_id"] = msg.correlation_id
+        attributes = _span_attributes(msg, "process", "process", self._agent)
+        attributes["aos.attempt"] = str(self._attempt)
         span = tracer.start_span(
             f"process {_agent_label(self._agent)}",
             context=parent,

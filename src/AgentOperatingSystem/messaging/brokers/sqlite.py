@@ -233,16 +233,20 @@ class SqliteBroker:
         finally:
             conn.close()
 
-    def _execute(self, conn: sqlite3.Connection, group: list[_Op]) -> None:
+    def _begin(self, conn: sqlite3.Connection, group: list[_Op]) -> bool:
+        """Start the group's write transaction; on failure fail every op of it."""
         try:
             self._with_retry(conn, lambda: conn.execute("BEGIN IMMEDIATE"))
+            return True
         except sqlite3.Error as exc:
-            busy: BrokerError = BrokerUnavailableError(
-                f"sqlite database {self.path} is busy: {exc}"
-            )
+            busy = BrokerUnavailableError(f"sqlite database {self.path} is busy: {exc}")
             busy.__cause__ = exc
             for op in group:
                 op.error = busy
+            return False
+
+    def _execute(self, conn: sqlite3.Connection, group: list[_Op]) -> None:
+        if not self._begin(conn, group):
             return
         # Optimistic: run the whole group in one go; ops almost never fail. When one does,
         # undo the group and run each op in its own savepoint so only that op fails.
@@ -250,16 +254,8 @@ class SqliteBroker:
             for op in group:
                 op.result = op.fn(conn, *op.args)
         except BaseException:
-            try:
-                conn.execute("ROLLBACK")
-                self._with_retry(conn, lambda: conn.execute("BEGIN IMMEDIATE"))
-            except sqlite3.Error as exc:
-                gone: BrokerError = BrokerUnavailableError(
-                    f"sqlite database {self.path} is busy: {exc}"
-                )
-                gone.__cause__ = exc
-                for op in group:
-                    op.error = gone
+            conn.execute("ROLLBACK")
+            if not self._begin(conn, group):
                 return
             for op in group:
                 op.result = None
