@@ -1498,6 +1498,11 @@ class MessageBus:
 
     # ------------------------------------------------------------------ introspection
 
+    @property
+    def subscriptions(self) -> dict[str, Subscription]:
+        """The agents this bus consumes for, each with its running subscription (a copy)."""
+        return dict(self._subs)
+
     async def queue_depth(self, agent_id: str) -> int:
         """Messages waiting in (or locked from) the agent's queue."""
         return await self._check().depth(agent_id)

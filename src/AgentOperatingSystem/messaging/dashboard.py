@@ -428,8 +428,7 @@ class _AdminAPI:
         return web.json_response(body)
 
     def _subscribed(self) -> set[str]:
-        subs = getattr(self.bus, "_subs", None)
-        return {str(k) for k in subs} if isinstance(subs, dict) else set()
+        return set(self.bus.subscriptions)
 
     async def queues(self, request: web.Request) -> web.StreamResponse:
         bus = self.bus

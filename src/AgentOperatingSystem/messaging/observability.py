@@ -864,7 +864,7 @@ class BusTelemetry:
             names.update(await bus.queues())
         except Exception:
             log.exception("listing queues failed")
-        subs = getattr(bus, "_subs", None)
+        subs = getattr(bus, "subscriptions", None)
         if isinstance(subs, dict):
             names.update(str(k) for k in subs)
         depths: dict[str, tuple[int, int]] = {}
