@@ -622,3 +622,37 @@ async def test_a_signed_message_keeps_the_trace_context_it_was_signed_with() -> 
     origin = _by_name(spans, "publish a")
     again = _by_name(spans, "publish b")
     assert again.parent is not None and again.parent.span_id == origin.context.span_id
+
+
+async def test_batched_counts_stay_exact_per_type_in_a_mixed_batch() -> None:
+    """Batched counting groups runs of one type; interleaved types are still counted apart."""
+    config = MessageBusConfig(broker_url="memory://", enable_metrics=True, poll_interval=0.01)
+    async with MessageBus(config) as bus:
+        tel = bus.telemetry
+        assert isinstance(tel, BusTelemetry)
+        kinds = [MessageType.TASK, MessageType.TASK, MessageType.COMMAND, MessageType.TASK,
+                 MessageType.COMMAND, MessageType.COMMAND, MessageType.TASK]
+        for kind in kinds:
+            await bus.publish(Message(message_type=kind, sender_id="t", recipient_id="mixed"))
+        done = asyncio.Event()
+        seen: list[MessageType] = []
+
+        async def handler(m: Message) -> None:
+            seen.append(m.message_type)
+            if len(seen) == len(kinds):
+                done.set()
+
+        await bus.subscribe("mixed", [MessageType.TASK, MessageType.COMMAND], handler)
+        await asyncio.wait_for(done.wait(), 5)
+
+        async def acked() -> bool:
+            return (
+                tel.series_value("mixed", "task", "acked")
+                + tel.series_value("mixed", "command", "acked")
+            ) == len(kinds)
+
+        await wait_for(acked)
+        assert tel.series_value("mixed", "task", "acked") == 4
+        assert tel.series_value("mixed", "command", "acked") == 3
+        assert tel.series_value("mixed", "task", "delivered") == 4
+        assert tel.series_value("mixed", "command", "delivered") == 3

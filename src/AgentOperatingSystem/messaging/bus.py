@@ -1138,14 +1138,24 @@ class MessageBus:
         held = sub.held
         telemetry = self.telemetry
         if telemetry is not None and samples is not None:
+            # counted per type; a batch is nearly always one type, so count runs, not messages
             counted: dict[str, int] = {}
+            run_type: MessageType | None = None
+            run = 0
             for d, ok in zip(acks, results):
                 held.pop(d.message_id, None)
                 if ok:
-                    mt = d.message.message_type._value_  # type: ignore[union-attr]  # handled
-                    counted[mt] = counted.get(mt, 0) + 1
+                    mt = d.message.message_type  # type: ignore[union-attr]  # it was handled
+                    if mt is run_type:
+                        run += 1
+                        continue
+                    if run_type is not None:
+                        counted[run_type._value_] = counted.get(run_type._value_, 0) + run
+                    run_type, run = mt, 1
                 else:
                     log.warning("ack of %s in %s failed: its lock expired", d.message_id, queue)
+            if run_type is not None:
+                counted[run_type._value_] = counted.get(run_type._value_, 0) + run
             telemetry.record_batch(queue, counted, samples)
             return
         for d, ok in zip(acks, results):
