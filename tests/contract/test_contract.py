@@ -433,3 +433,24 @@ async def test_resubmit_unknown_dead_letter_is_a_clear_error(harness: Harness) -
     bus = await harness.bus()
     with pytest.raises(UnknownMessageError):
         await bus.resubmit("no-such-id", agent_id="ceo")
+
+
+async def test_late_response_reaches_the_requesters_own_queue(harness: Harness) -> None:
+    """A response that comes after request() gave up is not lost: it goes to the requester's
+    agent queue (on NATS the direct hand-over is refused and the durable path takes it)."""
+    bus = await harness.bus()
+    release = asyncio.Event()
+
+    async def slow_cfo(msg: Message) -> dict[str, Any]:
+        await release.wait()
+        return {"revenue": 42}
+
+    await bus.subscribe("cfo_agent", [MessageType.QUERY], slow_cfo)
+    with pytest.raises(RequestTimeoutError):
+        await bus.request(sender_id="ceo_agent", recipient_id="cfo_agent", content={"q": 1},
+                          timeout=0.2)
+    release.set()
+    await harness.eventually(lambda: bus.queue_depth("ceo_agent"))
+    (late,) = await bus.get_messages("ceo_agent")
+    assert late.message_type is MessageType.RESPONSE
+    assert late.content == {"revenue": 42}

@@ -230,6 +230,7 @@ class MessageBus:
         self.instance_id = new_message_id()[:16]
         self.reply_queue = f"_reply.{self.instance_id}"
         self._reply_task: asyncio.Task[None] | None = None
+        self._listening_direct = False
         self._renew_task: asyncio.Task[None] | None = None
         self._streams: set[EventStream] = set()
         self._bindings_cache: dict[str, tuple[float, list[str]]] = {}
@@ -718,6 +719,11 @@ class MessageBus:
         if self._reply_task is None:
             self._reply_task = asyncio.create_task(self._reply_loop(), name="aos-replies")
         try:
+            if not self._listening_direct:
+                listen = getattr(self._broker, "listen_direct", None)
+                if listen is not None:
+                    await listen(self.reply_queue, self._take_direct_response)
+                self._listening_direct = True
             seal: EncodeOptions | None = None
             if not publish_options and _current.get() is None:
                 options = DEFAULT_OPTIONS
@@ -817,10 +823,62 @@ class MessageBus:
                 fut.set_result(response)
                 return PublishResult(response.message_id, (self.reply_queue,))
         options = self._options(DeliveryMode.AT_LEAST_ONCE, None, None)
+        if await self._send_direct(request.reply_to, response, options):
+            return PublishResult(response.message_id, (request.reply_to,))
         results = await self._publish_many(
             [(response, options)], None, 0.0, queue_override=request.reply_to
         )
         return results[0]
+
+    async def _send_direct(self, queue: str, response: Message, options: DeliveryOptions) -> bool:
+        """Hand a response straight to its requester when the engine can and the requester is
+        waiting right now (nothing stored on the way). False: send it the durable way, which
+        also covers a requester that gave up or is gone."""
+        send = getattr(self._broker, "send_direct", None)
+        if send is None or not queue.startswith("_reply."):
+            return False
+        current = _current.get()
+        if current is not None and current.outbox is not None:
+            return False  # exactly-once: the response commits with the ack
+        security = self.security
+        telemetry = self.telemetry
+        if (security is not None and security.acl_active) or (
+            telemetry is not None and telemetry.per_message
+        ):
+            return False  # keep permissions and spans on the one full path
+        if security is not None and security.signing:
+            await security.sign(response)
+        body = encode(response, options, None, max_bytes=self.config.max_message_bytes)
+        if not await send(queue, body):
+            return False
+        if telemetry is not None:
+            key = (queue, response.message_type._value_)
+            telemetry.published_counts[key] = telemetry.published_counts.get(key, 0) + 1
+        return True
+
+    async def _take_direct_response(self, body: bytes) -> bool:
+        """A response handed over directly: True when a waiting request took it."""
+        try:
+            msg, _ = decode(
+                body,
+                max_bytes=self.config.max_message_bytes,
+                keys=self.security.content_key if self.security is not None else None,
+            )
+        except MessagingError:
+            return False  # the durable path dead-letters it with a reason
+        security = self.security
+        if (
+            security is not None
+            and security.require_signatures
+            and not security.verify(msg)
+            and not await security.verify_async(msg)
+        ):
+            return False
+        fut = self._pending.get(msg.correlation_id or "")
+        if fut is None or fut.done():
+            return False  # late: the durable path delivers it to the requester's queue
+        fut.set_result(msg)
+        return True
 
     async def _reply_loop(self) -> None:
         broker = self.broker

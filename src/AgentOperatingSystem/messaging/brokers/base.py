@@ -96,6 +96,14 @@ class SettlementRef(Protocol):
         ...
 
 
+#: Optional engine capability (NATS has it): ``listen_direct(queue, handler)`` and
+#: ``send_direct(queue, body) -> bool`` hand an envelope to a listener that is live right now,
+#: storing nothing; ``send_direct`` is True only when the listener confirmed it took the
+#: message, and the caller falls back to ``send`` otherwise. The bus uses it for responses
+#: to a waiting requester.
+DIRECT_DELIVERY = ("listen_direct", "send_direct")
+
+
 @runtime_checkable
 class Broker(Protocol):
     """What an engine provides. All methods are coroutines except the attribute."""

@@ -525,6 +525,40 @@ class NatsBroker:
         with contextlib.suppress(Exception):
             await self._nc.close()
 
+    # -- direct delivery (optional capability; see brokers/base.py) ------------------------
+
+    async def listen_direct(self, queue: str, handler: Callable[[bytes], Awaitable[bool]]) -> None:
+        """Take envelopes sent to ``queue`` with :meth:`send_direct` while this process runs:
+        ``handler(body)`` says whether it took the message (its answer goes back to the
+        sender). Used for responses to a requester that is waiting right now."""
+        self._check_open()
+
+        async def on_message(msg: Msg) -> None:
+            try:
+                taken = await handler(msg.data)
+            except Exception:
+                _log.exception("direct delivery handler for %s failed", queue)
+                taken = False
+            if msg.reply:
+                with contextlib.suppress(Exception):
+                    await msg.respond(b"1" if taken else b"0")
+
+        with self._errors("listen"):
+            await self._nc.subscribe(f"{self.namespace}.d.{queue_token(queue)}", cb=on_message)
+
+    async def send_direct(self, queue: str, body: bytes, timeout: float = 2.0) -> bool:
+        """Hand ``body`` straight to a live :meth:`listen_direct` listener of ``queue`` (core
+        NATS request/reply, nothing stored). True only when the listener confirmed that it
+        took the message; on False the caller must fall back to :meth:`send`."""
+        self._check_open()
+        try:
+            reply = await self._nc.request(
+                f"{self.namespace}.d.{queue_token(queue)}", body, timeout=timeout
+            )
+        except Exception:  # no responders, timeout, reconnecting: use the durable path
+            return False
+        return bool(reply.data == b"1")
+
     async def drop_namespace(self) -> None:
         """Delete every stream and bucket of this namespace (all queues, dead letters,
         bindings and records), then close. For tests and administration."""
