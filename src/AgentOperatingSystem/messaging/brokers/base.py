@@ -118,7 +118,11 @@ class Broker(Protocol):
         max_depth: int | None = None,
         dedup_window: float = 0.0,
     ) -> list[bool]:
-        """Enqueue all envelopes atomically; per envelope True, or False for a duplicate.
+        """Enqueue the envelopes; per envelope True, or False for a duplicate.
+
+        Atomic where the engine has transactions (memory, sqlite: all or none). On NATS the
+        checks run first and the publishes follow, so a failure part-way can leave some
+        enqueued (documented in ``brokers/nats.py``).
 
         An envelope whose ``dedup_key`` was sent within ``dedup_window`` seconds is not
         enqueued (False). Raises ``QueueFullError`` (nothing enqueued) when a queue would go
