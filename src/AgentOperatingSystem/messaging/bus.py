@@ -225,7 +225,6 @@ class MessageBus:
         self._fast_put: Callable[[str, Message, int | None], None] | None = None
         self._subs: dict[str, Subscription] = {}
         self._inflight: dict[str, dict[str, Delivery]] = {}
-        self._inflight_opts: dict[tuple[str, str], DeliveryOptions] = {}
         self._pending: dict[str, asyncio.Future[Message]] = {}
         self.instance_id = new_message_id()[:16]
         self.reply_queue = f"_reply.{self.instance_id}"
@@ -411,6 +410,16 @@ class MessageBus:
             " and no routing rule matched it"
         )
 
+    async def _bind(self, topic: str, queue: str) -> None:
+        """Bind ``queue`` to ``topic`` (fan-out) and forget this bus's cached bindings."""
+        await self.broker.bind(topic, queue)
+        self._bindings_cache.pop(topic, None)
+
+    async def _unbind(self, topic: str, queue: str) -> None:
+        """Remove a binding and forget this bus's cached bindings."""
+        await self.broker.unbind(topic, queue)
+        self._bindings_cache.pop(topic, None)
+
     async def _bound(self, topic: str) -> list[str]:
         broker = self.broker
         if not broker.needs_bytes:
@@ -528,17 +537,7 @@ class MessageBus:
                 and not self._security_flags()
                 and _current.get() is None
             ):
-                tel = self.telemetry
-                if tel is None:
-                    fast(message.recipient_id, message, self.config.max_queue_size)
-                elif not tel.per_message:
-                    fast(message.recipient_id, message, self.config.max_queue_size)
-                    counts = tel.published_counts
-                    key = (message.recipient_id, message.message_type._value_)
-                    counts[key] = counts.get(key, 0) + 1
-                else:
-                    with tel.on_publish(message, [message.recipient_id]):
-                        fast(message.recipient_id, message, self.config.max_queue_size)
+                self._put_fast(message.recipient_id, message)
                 return PublishResult(message.message_id, (message.recipient_id,))
         self._check()
         given: dict[str, Any] = dict(options)
@@ -563,6 +562,23 @@ class MessageBus:
         )
         available_at = self._available_at(given.get("delay"), given.get("deliver_at"))
         return (await self._publish_many([(msg, opts)], seal, available_at))[0]
+
+    def _put_fast(self, queue: str, message: Message) -> None:
+        """The in-process engine's fast path (a plain message, nothing to encode), with its
+        publish reported to telemetry."""
+        fast = self._fast_put
+        assert fast is not None
+        tel = self.telemetry
+        if tel is None:
+            fast(queue, message, self.config.max_queue_size)
+        elif not tel.per_message:
+            fast(queue, message, self.config.max_queue_size)
+            counts = tel.published_counts
+            key = (queue, message.message_type._value_)
+            counts[key] = counts.get(key, 0) + 1
+        else:
+            with tel.on_publish(message, [queue]):
+                fast(queue, message, self.config.max_queue_size)
 
     def _security_flags(self) -> bool:
         """True when anything on the publish path needs the full path (ACL, signing,
@@ -751,11 +767,7 @@ class MessageBus:
                 and self._running
                 and not self._security_flags()
             ):
-                if self.telemetry is None:
-                    self._fast_put(recipient_id, msg, self.config.max_queue_size)
-                else:
-                    with self.telemetry.on_publish(msg, [recipient_id]):
-                        self._fast_put(recipient_id, msg, self.config.max_queue_size)
+                self._put_fast(recipient_id, msg)
             elif current is not None and current.outbox is not None:
                 token = _current.set(_Current(self, current.message, current.options, None))
                 try:
@@ -852,8 +864,7 @@ class MessageBus:
         if not await send(queue, body):
             return False
         if telemetry is not None:
-            key = (queue, response.message_type._value_)
-            telemetry.published_counts[key] = telemetry.published_counts.get(key, 0) + 1
+            telemetry.count_publish(queue, response.message_type._value_)
         return True
 
     async def _take_direct_response(self, body: bytes) -> bool:
@@ -1072,8 +1083,7 @@ class MessageBus:
         for t in types:
             for mt in BROADCAST_TYPES if t is None else [t]:
                 if mt in BROADCAST_TYPES:
-                    await self.broker.bind(mt.value, agent_id)
-                    self._bindings_cache.pop(mt.value, None)
+                    await self._bind(mt.value, agent_id)
         sub = self._subs.get(agent_id)
         if sub is None:
             sub = Subscription(agent_id, {}, max_concurrency)
@@ -1098,8 +1108,7 @@ class MessageBus:
             await self._release_held(sub)
         if unbind and self._started:
             for mt in BROADCAST_TYPES:
-                await self.broker.unbind(mt.value, agent_id)
-                self._bindings_cache.pop(mt.value, None)
+                await self._unbind(mt.value, agent_id)
 
     async def _release_held(self, sub: Subscription) -> None:
         if not sub.held or self._broker is None:
@@ -1675,8 +1684,7 @@ class EventStream:
 
     async def _open(self) -> None:
         if not self.ready.is_set():
-            await self._bus.broker.bind(MessageType.EVENT.value, self.queue)
-            self._bus._bindings_cache.pop(MessageType.EVENT.value, None)
+            await self._bus._bind(MessageType.EVENT.value, self.queue)
             self._bus._streams.add(self)
             self.ready.set()
 
@@ -1730,8 +1738,7 @@ class EventStream:
         bus._streams.discard(self)
         if self.ready.is_set() and bus._broker is not None:
             try:
-                await bus._broker.unbind(MessageType.EVENT.value, self.queue)
+                await bus._unbind(MessageType.EVENT.value, self.queue)
                 await bus._broker.delete_queue(self.queue)
             except BrokerClosedError:
                 pass
-            bus._bindings_cache.pop(MessageType.EVENT.value, None)
