@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import statistics
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 
 def result(
@@ -37,3 +38,35 @@ def result(
 def p50(samples: list[float]) -> float:
     """Median."""
     return statistics.median(samples)
+
+
+def task_messages(n: int, recipient: str = "sink", pad: int = 0) -> list[Any]:
+    """``n`` TASK messages to ``recipient`` (content ``{"i": i}``, plus ``pad`` bytes of text
+    when asked), built before timing starts."""
+    from AgentOperatingSystem.messaging.types import Message, MessageType
+
+    extra = {"pad": "x" * pad} if pad else {}
+    return [
+        Message(
+            message_type=MessageType.TASK,
+            sender_id="bench",
+            recipient_id=recipient,
+            content={"i": i, **extra},
+        )
+        for i in range(n)
+    ]
+
+
+def countdown(n: int) -> tuple[Callable[[Any], Awaitable[None]], asyncio.Event]:
+    """An async handler that counts its calls and an event set at the ``n``-th: the same
+    handler for a baseline and for the bus, so neither pays for a different one."""
+    count = 0
+    done = asyncio.Event()
+
+    async def handler(_: Any) -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            done.set()
+
+    return handler, done

@@ -26,35 +26,18 @@ from typing import Any
 from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.types import Message, MessageType
-from benchmarks.common import p50, result
+from benchmarks.common import countdown, p50, result, task_messages
 
-
-def _messages(n: int, recipient: str = "sink") -> list[Message]:
-    return [
-        Message(
-            message_type=MessageType.TASK,
-            sender_id="bench",
-            recipient_id=recipient,
-            content={"i": i},
-        )
-        for i in range(n)
-    ]
+_messages = task_messages
 
 
 async def _raw_queue_throughput(msgs: list[Message]) -> float:
     q: asyncio.Queue[Message] = asyncio.Queue()
-    count = 0
     n = len(msgs)
-    done = asyncio.Event()
-
-    async def handler(m: Message) -> None:
-        nonlocal count
-        count += 1
-        if count == n:
-            done.set()
+    handler, done = countdown(n)
 
     async def consumer() -> None:
-        while count < n:
+        for _ in range(n):
             await handler(await q.get())
 
     start = time.perf_counter()
@@ -69,15 +52,7 @@ async def _raw_queue_throughput(msgs: list[Message]) -> float:
 
 async def _bus_throughput(msgs: list[Message]) -> float:
     n = len(msgs)
-    count = 0
-    done = asyncio.Event()
-
-    async def handler(m: Message) -> None:
-        nonlocal count
-        count += 1
-        if count == n:
-            done.set()
-
+    handler, done = countdown(n)
     cfg = MessageBusConfig(broker_url="memory://", max_queue_size=n + 1, prefetch=256)
     async with MessageBus(cfg) as bus:
         await bus.subscribe("sink", [MessageType.TASK], handler)
@@ -172,14 +147,7 @@ def _raw_sqlite_queue(path: Path, n: int, synchronous: str) -> float:
 
 
 async def _bus_sqlite(path: Path, n: int, publishers: int) -> float:
-    count = 0
-    done = asyncio.Event()
-
-    async def handler(m: Message) -> None:
-        nonlocal count
-        count += 1
-        if count == n:
-            done.set()
+    handler, done = countdown(n)
 
     cfg = MessageBusConfig(broker_url=f"sqlite:///{path}", max_queue_size=n + 1, prefetch=100)
     async with MessageBus(cfg) as bus:

@@ -31,7 +31,7 @@ from tests.support.nats_server import NatsServer
 from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.types import Message, MessageType
-from benchmarks.common import p50, result
+from benchmarks.common import countdown, p50, result, task_messages
 
 PAYLOAD_SIZE = 300  # about the size of a small encoded AOS envelope
 
@@ -76,26 +76,11 @@ async def _raw_throughput(url: str, n: int) -> float:
 
 
 def _bench_messages(n: int) -> list[Message]:
-    return [
-        Message(
-            message_type=MessageType.TASK,
-            sender_id="bench",
-            recipient_id="sink",
-            content={"i": i, "pad": "x" * 100},
-        )
-        for i in range(n)
-    ]
+    return task_messages(n, pad=100)
 
 
 async def _bus_throughput(url: str, n: int, publishers: int = 100, batch: int = 0) -> float:
-    count = 0
-    done = asyncio.Event()
-
-    async def handler(m: Message) -> None:
-        nonlocal count
-        count += 1
-        if count == n:
-            done.set()
+    handler, done = countdown(n)
 
     cfg = MessageBusConfig(
         broker_url=f"{url}?namespace={_ns()}",

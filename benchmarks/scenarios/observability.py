@@ -13,7 +13,6 @@ neighbour on a shared machine does not decide the ratio.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import time
 from typing import Any
@@ -21,32 +20,15 @@ from typing import Any
 from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.observability import BusTelemetry
-from AgentOperatingSystem.messaging.types import Message, MessageType
-from benchmarks.common import result
+from AgentOperatingSystem.messaging.types import MessageType
+from benchmarks.common import countdown, result, task_messages
 
-
-def _messages(n: int) -> list[Message]:
-    return [
-        Message(
-            message_type=MessageType.TASK,
-            sender_id="bench",
-            recipient_id="sink",
-            content={"i": i},
-        )
-        for i in range(n)
-    ]
+_messages = task_messages
 
 
 async def _throughput(n: int, *, enabled: bool, telemetry: Any = None) -> float:
     msgs = _messages(n)
-    count = 0
-    done = asyncio.Event()
-
-    async def handler(m: Message) -> None:
-        nonlocal count
-        count += 1
-        if count == n:
-            done.set()
+    handler, done = countdown(n)
 
     cfg = MessageBusConfig(
         broker_url="memory://",
