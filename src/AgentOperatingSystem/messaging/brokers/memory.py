@@ -132,24 +132,6 @@ class MemoryBroker:
         """Enqueue atomically: checks every envelope first, then inserts them all."""
         self._check()
         now = self._clock.now()
-        if len(envelopes) == 1:  # the common case, without the bookkeeping of a batch
-            env = envelopes[0]
-            q = self._q(env.queue)
-            if env.dedup_key is not None and dedup_window > 0:
-                if self._dedup:
-                    self._expire_keys(now)
-                if env.dedup_key in self._dedup:
-                    return [False]
-            if env.message_id in q.live:
-                raise DuplicateMessageError(
-                    f"message {env.message_id} is already in queue {env.queue!r}"
-                )
-            if max_depth is not None and len(q.live) >= max_depth:
-                raise QueueFullError(
-                    f"queue {env.queue!r} is full ({max_depth} messages); publish refused"
-                )
-            self._insert(q, env, now, dedup_window)
-            return [True]
         if self._dedup:
             self._expire_keys(now)
         results: list[bool] = []
@@ -163,17 +145,13 @@ class MemoryBroker:
                 results.append(False)
                 continue
             if env.message_id in q.live or (env.queue, env.message_id) in seen_ids:
-                raise DuplicateMessageError(
-                    f"message {env.message_id} is already in queue {env.queue!r}"
-                )
+                raise _duplicate(env.queue, env.message_id)
             seen_ids.add((env.queue, env.message_id))
             if key is not None:
                 seen_keys.add(key)
             adding[env.queue] = adding.get(env.queue, 0) + 1
             if max_depth is not None and len(q.live) + adding[env.queue] > max_depth:
-                raise QueueFullError(
-                    f"queue {env.queue!r} is full ({max_depth} messages); publish refused"
-                )
+                raise _full(env.queue, max_depth)
             results.append(True)
         for env, ok in zip(envelopes, results):
             if ok:
@@ -190,13 +168,21 @@ class MemoryBroker:
             q = self._q(queue)
         message_id = message.message_id
         if message_id in q.live:
-            raise DuplicateMessageError(f"message {message_id} is already in queue {queue!r}")
+            raise _duplicate(queue, message_id)
         if max_depth is not None and len(q.live) >= max_depth:
-            raise QueueFullError(f"queue {queue!r} is full ({max_depth} messages); publish refused")
+            raise _full(queue, max_depth)
         seq = next(self._seq)
         priority: int = message.priority._value_
         entry = _Entry(
-            queue, message_id, priority, seq, None, message, DEFAULT_OPTIONS, 0.0, None,
+            queue,
+            message_id,
+            priority,
+            seq,
+            None,
+            message,
+            DEFAULT_OPTIONS,
+            0.0,
+            None,
             self._clock.now(),
         )
         q.live[message_id] = entry
@@ -402,7 +388,7 @@ class MemoryBroker:
         if q is None or message_id not in q.dead:
             return False
         if message_id in q.live:
-            raise DuplicateMessageError(f"message {message_id} is already in queue {queue!r}")
+            raise _duplicate(queue, message_id)
         dl = q.dead.pop(message_id)
         now = self._clock.now()
         self._insert(
@@ -501,6 +487,14 @@ class MemoryBroker:
         for q in self._queues.values():
             self._notify(q)
         self._queues.clear()
+
+
+def _duplicate(queue: str, message_id: str) -> DuplicateMessageError:
+    return DuplicateMessageError(f"message {message_id} is already in queue {queue!r}")
+
+
+def _full(queue: str, max_depth: int) -> QueueFullError:
+    return QueueFullError(f"queue {queue!r} is full ({max_depth} messages); publish refused")
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
