@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Iterator, Mapping
 
+from .bus import DLQ_ERROR, DLQ_REASON
 from .errors import (
     BrokerClosedError,
     BrokerUnavailableError,
@@ -73,8 +74,6 @@ from .errors import (
 )
 from .servicebus_manager import (
     DEFAULT_RULE_NAME,
-    DLQ_ERROR,
-    DLQ_REASON,
     SERVICEBUS_KEY,
     OutgoingMessage,
     RuleProperties,

@@ -58,6 +58,7 @@ from .errors import (
     RoutingError,
     UnknownMessageError,
 )
+from .errors import error_text as _error_text
 from .hooks import SecurityHooks, TelemetryHooks
 from .policy import DEFAULT_OPTIONS, DeliveryOptions, RetryPolicy
 from .types import DeliveryMode, Message, MessagePriority, MessageType, new_message_id
@@ -80,7 +81,6 @@ DLQ_QUEUE = "aos.dead_letter.queue"
 DLQ_ATTEMPTS = "aos.dead_letter.attempts"
 DLQ_AT = "aos.dead_letter.at"
 _DLQ_KEYS = (DLQ_REASON, DLQ_ERROR, DLQ_QUEUE, DLQ_ATTEMPTS, DLQ_AT)
-_MAX_ERROR = 2000
 
 
 class PublishResult(NamedTuple):
@@ -183,11 +183,6 @@ class _Expired(Exception):
 def _expire(fut: asyncio.Future[Message]) -> None:
     if not fut.done():
         fut.set_exception(_Expired())
-
-
-def _error_text(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."
 
 
 class MessageBus:

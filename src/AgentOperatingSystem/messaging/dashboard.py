@@ -51,7 +51,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from .bus import MESSAGE_FIELDS
+from .bus import DLQ_AT, DLQ_ATTEMPTS, DLQ_ERROR, DLQ_QUEUE, DLQ_REASON, MESSAGE_FIELDS
 from .errors import (
     ConversationNotFoundError,
     InvalidMessageError,
@@ -125,11 +125,11 @@ def _dead_letter(message: Message, agent: str) -> dict[str, Any]:
     body = message_to_dict(message)
     body.update(
         {
-            "agent": meta.get("aos.dead_letter.queue") or agent,
-            "reason": meta.get("aos.dead_letter.reason"),
-            "error": meta.get("aos.dead_letter.error"),
-            "attempts": meta.get("aos.dead_letter.attempts"),
-            "dead_lettered_at": _iso(meta.get("aos.dead_letter.at")),
+            "agent": meta.get(DLQ_QUEUE) or agent,
+            "reason": meta.get(DLQ_REASON),
+            "error": meta.get(DLQ_ERROR),
+            "attempts": meta.get(DLQ_ATTEMPTS),
+            "dead_lettered_at": _iso(meta.get(DLQ_AT)),
         }
     )
     return body

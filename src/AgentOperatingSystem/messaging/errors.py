@@ -94,6 +94,16 @@ __all__ = [
 ]
 
 
+MAX_ERROR_TEXT = 2000
+"""How much of an error's text is kept where it is recorded (dead letters, node answers)."""
+
+
+def error_text(exc: BaseException) -> str:
+    """``"TypeName: message"``, cut to :data:`MAX_ERROR_TEXT` characters."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 3] + "..."
+
+
 class MessagingError(Exception):
     """Root of every error AOS Messaging raises."""
 

@@ -120,6 +120,7 @@ from .errors import (
     RequestTimeoutError,
     StorageError,
     UnknownAgentError,
+    error_text,
 )
 from .policy import DEFAULT_OPTIONS, DeliveryOptions
 from .types import Message, MessagePriority, MessageType
@@ -156,7 +157,6 @@ _SIG_VERSION = "v1"
 _MAX_SEEN = 200_000
 _ACCEPTED_BODY = b'{"accepted":true,"duplicate":false}'
 _DUPLICATE_BODY = b'{"accepted":true,"duplicate":true}'
-_MAX_ERROR_TEXT = 2000
 
 try:  # pragma: no cover - depends on how the package is installed
     from importlib.metadata import version as _pkg_version
@@ -168,11 +168,6 @@ except Exception:  # pragma: no cover
 
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def _error_text(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= _MAX_ERROR_TEXT else text[: _MAX_ERROR_TEXT - 3] + "..."
 
 
 def outbox_queue(sender_id: str) -> str:
@@ -841,7 +836,7 @@ class ConnectionPool:
                 payload = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise _Transient(_error_text(exc)) from exc
+            raise _Transient(error_text(exc)) from exc
         if status >= 500 or status == 429:
             code, text = _remote_error(payload)
             raise _Transient(f"HTTP {status} {code}: {text}", status)
@@ -2015,7 +2010,7 @@ class NetworkProtocol:
     async def _on_send_failure(
         self, message: Message, options: DeliveryOptions, reason: str, exc: BaseException
     ) -> None:
-        await self._dead_letter_outgoing(message, options, reason, _error_text(exc))
+        await self._dead_letter_outgoing(message, options, reason, error_text(exc))
 
     async def _dead_letter_outgoing(
         self, message: Message, options: DeliveryOptions, reason: str, error: str
@@ -2123,7 +2118,7 @@ class NetworkProtocol:
                             msg, options = decode(d.body or b"", max_bytes=limit)
                     except MessagingError as exc:
                         await broker.dead_letter(
-                            queue, settle, reason="undecodable", error=_error_text(exc)
+                            queue, settle, reason="undecodable", error=error_text(exc)
                         )
                         failed.append(d.message_id)
                         continue
@@ -2136,7 +2131,7 @@ class NetworkProtocol:
                             else _failure_reason(exc)
                         )
                         await broker.dead_letter(
-                            queue, settle, reason=reason, error=_error_text(exc)
+                            queue, settle, reason=reason, error=error_text(exc)
                         )
                         failed.append(d.message_id)
                         continue
@@ -2249,7 +2244,7 @@ class NetworkProtocol:
             return web.json_response({"node_id": self.node_id, "url": self.url, "agents": agents})
         except Exception as exc:
             log.exception("agent index failed")
-            return _error(500, "internal_error", _error_text(exc))
+            return _error(500, "internal_error", error_text(exc))
 
     async def _on_agent(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -2269,14 +2264,14 @@ class NetworkProtocol:
             )
         except Exception as exc:
             log.exception("agent look-up failed")
-            return _error(500, "internal_error", _error_text(exc))
+            return _error(500, "internal_error", error_text(exc))
 
     async def _on_message(self, request: web.Request) -> web.StreamResponse:
         try:
             return await self._accept_message(request)
         except Exception as exc:  # never let a request take the node down
             log.exception("handling an incoming message failed")
-            return _error(500, "internal_error", _error_text(exc))
+            return _error(500, "internal_error", error_text(exc))
 
     async def _accept_message(self, request: web.Request) -> web.StreamResponse:
         cfg = self.config
@@ -2325,7 +2320,7 @@ class NetworkProtocol:
             return _error(503, "unavailable", str(exc))
         except MessagingError as exc:
             log.exception("publishing incoming message %s failed", message.message_id)
-            return _error(500, "internal_error", _error_text(exc))
+            return _error(500, "internal_error", error_text(exc))
         return _accepted(duplicate)
 
     async def _publish_incoming(
@@ -2372,7 +2367,7 @@ class NetworkProtocol:
             return web.json_response(self._a2a.card(info, base))
         except Exception as exc:
             log.exception("agent card failed")
-            return _error(500, "internal_error", _error_text(exc))
+            return _error(500, "internal_error", error_text(exc))
 
     async def _on_rpc(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -2400,7 +2395,7 @@ class NetworkProtocol:
         except Exception as exc:
             log.exception("A2A request failed")
             return web.json_response(
-                _A2AEndpoint.rpc_error(None, -32603, f"Internal error: {_error_text(exc)}"),
+                _A2AEndpoint.rpc_error(None, -32603, f"Internal error: {error_text(exc)}"),
                 status=500,
             )
 

@@ -85,6 +85,7 @@ from typing import Any, Mapping, Protocol, Union, runtime_checkable
 
 from .brokers import open_broker
 from .brokers.base import Broker, DeadLetter, Delivery, Envelope, Settlement
+from .bus import DLQ_ERROR, DLQ_REASON
 from .clock import SYSTEM_CLOCK, Clock
 from .envelope import decode, encode
 from .errors import (
@@ -132,8 +133,6 @@ DEFAULT_RULE_NAME = "$Default"
 SERVICEBUS_KEY = "aos.servicebus"
 """``Message.metadata`` key holding the Service Bus details of a sent or received message."""
 
-DLQ_REASON = "aos.dead_letter.reason"
-DLQ_ERROR = "aos.dead_letter.error"
 
 #: Dead-letter reasons, spelled as Azure Service Bus spells them.
 REASON_MAX_DELIVERY = "MaxDeliveryCountExceeded"
