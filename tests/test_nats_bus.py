@@ -245,9 +245,10 @@ async def test_cluster_loses_its_stream_leader_and_loses_no_acknowledged_message
 
 async def test_a_waiting_requester_gets_its_response_directly(nats_url: str) -> None:
     """On NATS a response to a requester that is waiting goes over core NATS: nothing is
-    stored on the reply queue, and the answer is the handler's."""
+    stored on the reply queue, and the answer is the handler's. (Requests are stored here:
+    ``direct_requests=False``; their handoff is tested in test_nats_handoff.py.)"""
     cfg = MessageBusConfig(broker_url=f"{nats_url}?namespace={new_nats_namespace()}",
-                           storage_url="memory://")
+                           storage_url="memory://", direct_requests=False)
     async with MessageBus(cfg) as bus:
         sent_to: list[str] = []
         send = bus.broker.send

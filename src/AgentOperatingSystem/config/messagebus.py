@@ -50,6 +50,11 @@ class MessageBusConfig:
     #: With metrics but no spans, time one handler in this many (latency and duration
     #: histograms are sampled; every counter stays exact). 1 times every handler.
     metrics_sample_every: int = 8
+    #: ``request()`` hands a plain at-least-once request straight to a consumer of the
+    #: recipient's queue that is live right now, when the engine can (NATS): no stored
+    #: copy, one trip fewer. A consumer process that dies holding such a request loses it
+    #: (the waiting requester gets ``RequestTimeoutError``); False stores every request.
+    direct_requests: bool = True
 
     def __post_init__(self) -> None:
         for name in (

@@ -218,6 +218,7 @@ class MessageBus:
         self._stopping = False
         self._running = False
         self._fast_put: Callable[[str, Message, int | None], None] | None = None
+        self._hand_off: Callable[..., Awaitable[bool]] | None = None
         self._subs: dict[str, Subscription] = {}
         self._inflight: dict[str, dict[str, Delivery]] = {}
         self._pending: dict[str, asyncio.Future[Message]] = {}
@@ -276,6 +277,9 @@ class MessageBus:
             self._started = True
             self._running = True
             self._fast_put = getattr(self._broker, "put_local", None)
+            self._hand_off = (
+                getattr(self._broker, "hand_off", None) if self.config.direct_requests else None
+            )
             self._renew_task = asyncio.create_task(self._renew_locks(), name="aos-lock-renewal")
             return self
 
@@ -615,7 +619,10 @@ class MessageBus:
         available_at: float,
         *,
         queue_override: str | None = None,
+        hand_off: float = 0.0,
     ) -> list[PublishResult]:
+        """Enqueue ``items``. ``hand_off`` (seconds, request() only): first offer a single
+        plain envelope to a live consumer of its queue, waiting that long for its answer."""
         security = self.security
         assert security is not None
         telemetry = self.telemetry
@@ -640,6 +647,14 @@ class MessageBus:
             if current is not None and current.outbox is not None and current.bus is self:
                 current.outbox.extend(envelopes)
                 flags = [True] * len(envelopes)
+            elif (
+                hand_off > 0
+                and self._hand_off is not None
+                and len(envelopes) == 1
+                and envelopes[0].options.delivery_mode is DeliveryMode.AT_LEAST_ONCE
+                and await self._hand_off(envelopes[0], reply_queue=self.reply_queue, wait=hand_off)
+            ):
+                flags = [True]  # a live consumer of the recipient took it (see request())
             elif envelopes:
                 flags = await self.broker.send(
                     envelopes,
@@ -725,7 +740,9 @@ class MessageBus:
             reply_to=self.reply_queue,
         )
         correlation = msg.correlation_id = msg.message_id
-        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        fut: asyncio.Future[Message] = loop.create_future()
         self._pending[correlation] = fut
         if self._reply_task is None:
             self._reply_task = asyncio.create_task(self._reply_loop(), name="aos-replies")
@@ -766,12 +783,12 @@ class MessageBus:
             elif current is not None and current.outbox is not None:
                 token = _current.set(_Current(self, current.message, current.options, None))
                 try:
-                    await self._publish_many([(msg, options)], seal, 0.0)
+                    await self._publish_many([(msg, options)], seal, 0.0, hand_off=timeout)
                 finally:
                     _current.reset(token)
             else:
-                await self._publish_many([(msg, options)], seal, 0.0)
-            timer = asyncio.get_running_loop().call_later(timeout, _expire, fut)
+                await self._publish_many([(msg, options)], seal, 0.0, hand_off=timeout)
+            timer = loop.call_later(max(0.0, deadline - loop.time()), _expire, fut)
             try:
                 response = await fut
             except _Expired:
@@ -830,14 +847,16 @@ class MessageBus:
                 fut.set_result(response)
                 return PublishResult(response.message_id, (self.reply_queue,))
         options = self._options(DeliveryMode.AT_LEAST_ONCE, None, None)
-        if await self._send_direct(request.reply_to, response, options):
+        if await self._send_direct(request.reply_to, response, options, request.message_id):
             return PublishResult(response.message_id, (request.reply_to,))
         results = await self._publish_many(
             [(response, options)], None, 0.0, queue_override=request.reply_to
         )
         return results[0]
 
-    async def _send_direct(self, queue: str, response: Message, options: DeliveryOptions) -> bool:
+    async def _send_direct(
+        self, queue: str, response: Message, options: DeliveryOptions, reply_for: str
+    ) -> bool:
         """Hand a response straight to its requester when the engine can and the requester is
         waiting right now (nothing stored on the way). False: send it the durable way, which
         also covers a requester that gave up or is gone."""
@@ -856,7 +875,8 @@ class MessageBus:
         if security is not None and security.signing:
             await security.sign(response)
         body = encode(response, options, None, max_bytes=self.config.max_message_bytes)
-        if not await send(queue, body):
+        envelope = Envelope(queue, response.message_id, response.priority.value, body)
+        if not await send(envelope, reply_for=reply_for):
             return False
         if telemetry is not None:
             telemetry.count_publish(queue, response.message_type._value_)

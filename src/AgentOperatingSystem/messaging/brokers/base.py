@@ -97,11 +97,14 @@ class SettlementRef(Protocol):
 
 
 #: Optional engine capability (NATS has it): ``listen_direct(queue, handler)`` and
-#: ``send_direct(queue, body) -> bool`` hand an envelope to a listener that is live right now,
-#: storing nothing; ``send_direct`` is True only when the listener confirmed it took the
-#: message, and the caller falls back to ``send`` otherwise. The bus uses it for responses
-#: to a waiting requester.
-DIRECT_DELIVERY = ("listen_direct", "send_direct")
+#: ``send_direct(envelope, reply_for=None) -> bool`` hand an envelope to a listener that is
+#: live right now, storing nothing; ``send_direct`` is True only when the listener confirmed
+#: it took the message, and the caller falls back to ``send`` otherwise. ``hand_off(envelope,
+#: reply_queue=..., wait=...) -> bool`` offers a request to a consumer of its queue that is
+#: live right now (False: the caller must ``send`` it); a quick consumer's answer comes back
+#: on the same trip (``send_direct(..., reply_for=<request id>)``). The bus uses them for
+#: ``request()`` and its responses.
+DIRECT_DELIVERY = ("listen_direct", "send_direct", "hand_off")
 
 
 @runtime_checkable

@@ -63,6 +63,18 @@ Semantics and their limits (documented honestly)
   server), record the key, then ack. It is not one atomic transaction: a crash between the
   steps redelivers the message, and the server's duplicate window (``dedup_window``) keeps the
   outbox from being enqueued twice within that window.
+* **Handoff** (``hand_off``, used by ``request()``): a request whose recipient has a consumer
+  that is live right now (in this process, or in another one through the core subject
+  ``<ns>.h.<token>``, queue group ``<ns>.h``) is handed to it directly: nothing is stored and
+  the consumer confirms that it took it. A consumer takes a handoff only when its last receive
+  found the queue empty and it received or waited within ``HANDOFF_ACTIVE_SECONDS`` (so a
+  request does not overtake messages already queued, and a busy or gone consumer declines);
+  otherwise the sender publishes the request the durable way. A handed-off message that fails
+  goes to the durable queue (``release``, with its attempt counted in the ``Aos-Prior`` header
+  and its error in ``Aos-Error``), to the dead-letter stream (``dead_letter``), or back to the
+  queue at ``close`` or when its consumer has not picked it up within
+  ``HANDOFF_GRACE_SECONDS``. Its one window of loss: a consumer process that dies while it
+  holds a handed-off request; the requester, who is waiting, gets ``RequestTimeoutError``.
 * **wait** listens to ``<ns>.n.<token>`` (the connection does not echo its own notices; this
   process wakes its waiters directly), and to local releases and lock deadlines.
 * Streams are replicated ``replicas`` times. Publishes, acks and API calls that fail while a
@@ -144,6 +156,18 @@ DEPTH_CACHE_SECONDS = 0.5
 PROCESSED_MAX_AGE = 7 * 24 * 3600.0
 #: Per-message bookkeeping (last error, delay redeliveries) lives at most this long.
 META_MAX_AGE = 7 * 24 * 3600.0
+#: A consumer takes handoffs for its queue only if it received from it or waited on it this
+#: recently (seconds): one stuck in a long handler declines.
+HANDOFF_ACTIVE_SECONDS = 0.5
+#: Handoffs a consumer has not picked up after this long go to the durable queue.
+HANDOFF_GRACE_SECONDS = 1.0
+#: At most this many handoffs wait for one queue's consumer; more are declined.
+HANDOFF_BACKLOG = 8
+#: How long ``hand_off`` waits for a remote consumer to say whether it took the message.
+HANDOFF_TIMEOUT = 1.0
+#: A consumer that took a remote handoff answers within this long (at most half the
+#: sender's wait): with the response when the handler was that quick, else with "taken".
+HANDOFF_CONFIRM_SECONDS = 0.2
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SCHEMES = ("nats", "tls", "ws", "wss")
 
@@ -157,6 +181,10 @@ H_REASON = "Aos-Reason"
 H_ERROR = "Aos-Error"
 H_ATTEMPTS = "Aos-Attempts"
 H_DEAD_AT = "Aos-Dead-Lettered-At"
+#: attempts a message had before it was stored (a handed-off request that failed once)
+H_PRIOR = "Aos-Prior"
+#: how long the sender of a handoff waits for its answer (seconds)
+H_WAIT = "Aos-Wait"
 _STATUS = "Status"
 _DIGITS = [str(p).encode() for p in range(5)]
 
@@ -377,12 +405,32 @@ class _Translate:
 
 
 @dataclass(slots=True)
+class _Handoff:
+    """A message handed to this process's consumer of ``queue`` (see ``hand_off``)."""
+
+    queue: str
+    body: bytes
+    info: _Info
+    received: float  # time.monotonic()
+    token: str = ""
+    #: where the sender waits for the answer (remote handoffs): the response itself, or
+    #: ``1`` ("taken; the answer comes the usual way") once ``confirm`` fires
+    reply: str | None = None
+    confirm: asyncio.TimerHandle | None = None
+
+
+@dataclass(slots=True)
 class _Watch:
-    """Core subscription on a queue's subjects that wakes ``wait``."""
+    """Core subscriptions of a queue: publish notices that wake ``wait``, and handoffs."""
 
     event: asyncio.Event
     sub: Any
     wake_at: float = float("inf")  # time.monotonic() of the next local wake-up
+    handoff_sub: Any = None
+    waiters: int = 0  # waits in progress on this queue
+    active_at: float = 0.0  # time.monotonic() of the last receive or wait on this queue
+    drained: bool = False  # the last receive found nothing more in the queue
+    handoffs: deque[_Handoff] = field(default_factory=deque)  # taken, not yet received
 
 
 class NatsBroker:
@@ -427,6 +475,17 @@ class NatsBroker:
         self._request_ids = itertools.count()
         self._ack_ids = itertools.count()
         self._depth_cache: dict[str, tuple[float, int]] = {}
+        self._handed: dict[str, _Handoff] = {}  # handed-off deliveries not yet settled
+        self._awaiting: dict[str, _Handoff] = {}  # message id -> handoff whose sender waits
+        self._confirms: set[asyncio.Task[None]] = set()
+        self._direct_listeners: dict[str, Callable[[bytes], Awaitable[bool]]] = {}
+        self._handoff_ids = itertools.count()
+        self._sweep_timer: asyncio.TimerHandle | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
+        #: seconds before an unclaimed handoff goes to the durable queue (tests shorten it)
+        self.handoff_grace = HANDOFF_GRACE_SECONDS
+        #: handoffs this broker's consumers took (from this process or others)
+        self.handoffs_taken = 0
 
     # ------------------------------------------------------------------ setup / teardown
     async def _setup(self) -> None:
@@ -500,7 +559,14 @@ class NatsBroker:
         """Hand unsettled locks back, close the connection; later calls raise BrokerClosedError."""
         if self._closed or self._closing:
             return
-        self._closing = True
+        self._closing = True  # from now on no handoff is taken
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
+        if self._sweep_task is not None:
+            with contextlib.suppress(Exception):
+                await self._sweep_task
+        await self._requeue_handoffs()
         if self._acks:  # let the last acks be confirmed (bounded: the server may be gone)
             with contextlib.suppress(Exception):
                 await asyncio.wait([p.future for p in self._acks.values()], timeout=2.0)
@@ -534,30 +600,263 @@ class NatsBroker:
         self._check_open()
 
         async def on_message(msg: Msg) -> None:
-            try:
-                taken = await handler(msg.data)
-            except Exception:
-                _log.exception("direct delivery handler for %s failed", queue)
-                taken = False
+            taken = await self._take_direct(handler, queue, msg.data)
             if msg.reply:
                 with contextlib.suppress(Exception):
                     await msg.respond(b"1" if taken else b"0")
 
         with self._errors("listen"):
             await self._nc.subscribe(f"{self.namespace}.d.{queue_token(queue)}", cb=on_message)
+        self._direct_listeners[queue] = handler
 
-    async def send_direct(self, queue: str, body: bytes, timeout: float = 2.0) -> bool:
-        """Hand ``body`` straight to a live :meth:`listen_direct` listener of ``queue`` (core
-        NATS request/reply, nothing stored). True only when the listener confirmed that it
-        took the message; on False the caller must fall back to :meth:`send`."""
-        self._check_open()
+    @staticmethod
+    async def _take_direct(
+        handler: Callable[[bytes], Awaitable[bool]], queue: str, body: bytes
+    ) -> bool:
         try:
-            reply = await self._nc.request(
-                f"{self.namespace}.d.{queue_token(queue)}", body, timeout=timeout
+            return await handler(body)
+        except Exception:
+            _log.exception("direct delivery handler for %s failed", queue)
+            return False
+
+    async def send_direct(
+        self, env: Envelope, *, reply_for: str | None = None, timeout: float = 2.0
+    ) -> bool:
+        """Hand ``env`` straight to a live :meth:`listen_direct` listener of its queue (core
+        NATS, nothing stored). ``reply_for``: the id of the handed-off request ``env``
+        answers; while its sender still waits on the handoff, the answer goes there. True
+        only when the listener confirmed that it took the message (or the handoff's sender
+        got it); on False the caller must fall back to :meth:`send`."""
+        self._check_open()
+        body = env.body
+        if body is None:
+            return False
+        if reply_for is not None:
+            handoff = self._awaiting.pop(reply_for, None)
+            if handoff is not None:
+                if handoff.confirm is not None:
+                    handoff.confirm.cancel()
+                reply = handoff.reply
+                handoff.reply = None
+                if reply is not None and not self._closed:
+                    info = _Info(self._priority(env.priority), 0.0, 0.0, None, env.message_id)
+                    try:
+                        await self._nc.publish(reply, body, headers={H_INFO: info.encode()})
+                        # let the client's flusher write it now, before the caller goes on
+                        # to settle and receive (the sender is waiting for exactly this)
+                        await asyncio.sleep(0)
+                        return True
+                    except Exception:  # not sent: the sender hears nothing and stores it
+                        _log.debug("answer to handoff %s not sent", reply_for, exc_info=True)
+        try:
+            answer = await self._nc.request(
+                f"{self.namespace}.d.{queue_token(env.queue)}", body, timeout=timeout
             )
         except Exception:  # no responders, timeout, reconnecting: use the durable path
             return False
-        return bool(reply.data == b"1")
+        return bool(answer.data == b"1")
+
+    async def hand_off(
+        self, env: Envelope, *, reply_queue: str | None = None, wait: float = HANDOFF_TIMEOUT
+    ) -> bool:
+        """Hand ``env`` straight to a consumer of its queue that is live right now (this
+        process first, then any other through core NATS); nothing is stored. True when a
+        consumer took it; on False the caller must :meth:`send` it. Messages with a
+        ``dedup_key`` or a delivery time are never handed off. See the module docs.
+
+        A remote consumer answers within ``wait`` seconds: declined, taken, or (when its
+        handler was quick) with the response, which goes to the :meth:`listen_direct`
+        listener of ``reply_queue`` (stored in ``reply_queue`` when the listener refuses)."""
+        self._check_open()
+        body = env.body
+        if body is None or env.dedup_key is not None or env.available_at:
+            return False
+        info = _Info(
+            self._priority(env.priority),
+            self._clock.now(),
+            0.0,
+            None if env.expires_at is None else float(env.expires_at),
+            env.message_id,
+        )
+        if self._take_handoff(env.queue, body, info):
+            return True
+        wait = max(0.001, min(float(wait), HANDOFF_TIMEOUT))
+        try:  # through this broker's inbox: cheaper than nc.request
+            key, future, timer = await self._request_pub(
+                f"{self.namespace}.h.{queue_token(env.queue)}",
+                body,
+                {H_INFO: info.encode(), H_WAIT: repr(wait)},
+                wait,
+            )
+            try:
+                answer: Msg = await future
+            finally:
+                timer.cancel()
+                self._requests.pop(key, None)
+        except Exception:  # timeout, reconnecting: the durable path
+            return False
+        headers = answer.headers or {}
+        if H_INFO not in headers:  # "0", "1", or a status (503: no consumer anywhere)
+            return bool(answer.data == b"1")
+        # the consumer answered at once: the response itself
+        handler = self._direct_listeners.get(reply_queue) if reply_queue is not None else None
+        if handler is None or not await self._take_direct(handler, str(reply_queue), answer.data):
+            if reply_queue is not None:  # refused (or nobody listens): store it, lose nothing
+                rinfo = _Info.decode(headers.get(H_INFO))
+                await self.send(
+                    [Envelope(reply_queue, rinfo.message_id, rinfo.priority, answer.data)]
+                )
+        return True
+
+    def _take_handoff(
+        self, queue: str, body: bytes, info: _Info, reply: str | None = None, wait: float = 0.0
+    ) -> bool:
+        """Take a handed-off message for this process's consumer of ``queue`` if it is live,
+        idle and caught up (see the module docs); wake it."""
+        if self._closing or self._closed or not info.message_id:
+            return False
+        watch = self._watches.get(queue)
+        if watch is None or not watch.drained or len(watch.handoffs) >= HANDOFF_BACKLOG:
+            return False
+        now = time.monotonic()
+        if watch.waiters == 0 and now - watch.active_at > HANDOFF_ACTIVE_SECONDS:
+            return False
+        if info.available_at > self._clock.now():
+            return False
+        handoff = _Handoff(queue, body, info, now)
+        if reply:
+            handoff.reply = reply
+            self._awaiting[info.message_id] = handoff
+            handoff.confirm = asyncio.get_running_loop().call_later(
+                min(HANDOFF_CONFIRM_SECONDS, wait / 2), self._confirm_later, handoff
+            )
+        watch.handoffs.append(handoff)
+        watch.event.set()
+        self.handoffs_taken += 1
+        if self._sweep_timer is None and self._sweep_task is None:
+            self._sweep_timer = asyncio.get_running_loop().call_later(
+                self.handoff_grace, self._start_sweep
+            )
+        return True
+
+    def _confirm_later(self, handoff: _Handoff) -> None:
+        task = asyncio.get_running_loop().create_task(self._confirm(handoff))
+        self._confirms.add(task)
+        task.add_done_callback(self._confirms.discard)
+
+    async def _confirm(self, handoff: _Handoff) -> None:
+        """Tell a handoff's sender "taken; the answer comes the usual way" (once)."""
+        if handoff.confirm is not None:
+            handoff.confirm.cancel()
+            handoff.confirm = None
+        if self._awaiting.get(handoff.info.message_id) is handoff:
+            del self._awaiting[handoff.info.message_id]
+        reply, handoff.reply = handoff.reply, None
+        if reply is not None and not self._closed:
+            with contextlib.suppress(Exception):
+                await self._nc.publish(reply, b"1")
+
+    def _start_sweep(self) -> None:
+        self._sweep_timer = None
+        if not self._closing:
+            self._sweep_task = asyncio.create_task(self._sweep(), name="aos-nats-handoff-sweep")
+
+    async def _sweep(self) -> None:
+        """Send handoffs no consumer picked up within ``handoff_grace`` to the durable queue."""
+        try:
+            cutoff = time.monotonic() - self.handoff_grace
+            for watch in list(self._watches.values()):
+                while watch.handoffs and watch.handoffs[0].received <= cutoff:
+                    handoff = watch.handoffs.popleft()
+                    try:
+                        await self._requeue(handoff, prior=0)
+                        await self._confirm(handoff)
+                    except MessagingError:
+                        watch.handoffs.appendleft(handoff)  # kept; tried again later
+                        _log.warning("could not queue an unclaimed handoff; retrying later")
+                        break
+            left = any(w.handoffs for w in self._watches.values())
+        finally:
+            self._sweep_task = None
+        if left and not self._closing:
+            self._sweep_timer = asyncio.get_running_loop().call_later(
+                self.handoff_grace, self._start_sweep
+            )
+
+    async def _requeue(
+        self, handoff: _Handoff, *, prior: int, delay: float = 0.0, error: str | None = None
+    ) -> None:
+        """Store a handed-off message in its queue (the durable way), ``prior`` attempts
+        already made, available after ``delay`` seconds."""
+        old = handoff.info
+        available = self._clock.now() + delay if delay > 0 else old.available_at
+        info = _Info(old.priority, old.enqueued_at, available, old.expires_at, old.message_id)
+        headers = {
+            H_MSG_ID: f"ho:{queue_token(handoff.queue)}:{old.message_id}:{prior}",
+            H_INFO: info.encode(),
+        }
+        if prior:
+            headers[H_PRIOR] = str(prior)
+        if error is not None:
+            headers[H_ERROR] = _hq(error)
+        await self._publish(self._subject(handoff.queue, old.priority), handoff.body, headers)
+        self._count_sent(handoff.queue, 1)
+        if delay > 0:
+            self._schedule_wake(handoff.queue, delay, old.priority)
+        else:
+            await self._notify(handoff.queue, old.priority)
+
+    async def _requeue_handoffs(self) -> None:
+        """At close: every handoff taken and not settled goes to the durable queue."""
+        pending: list[tuple[_Handoff, int]] = [(h, 0) for h in self._handed.values()]
+        self._handed.clear()
+        for watch in self._watches.values():
+            pending += [(h, 0) for h in watch.handoffs]
+            watch.handoffs.clear()
+        for handoff, prior in pending:
+            try:
+                await self._requeue(handoff, prior=prior)
+            except Exception:
+                _log.exception(
+                    "could not queue handed-off message %s of %s at close",
+                    handoff.info.message_id,
+                    handoff.queue,
+                )
+        for handoff in list(self._awaiting.values()):
+            await self._confirm(handoff)
+        if self._confirms:
+            await asyncio.gather(*self._confirms, return_exceptions=True)
+
+    def _handoff_delivery(self, handoff: _Handoff) -> Delivery:
+        token = handoff.token = f"h{next(self._handoff_ids)}"
+        self._handed[token] = handoff
+        info = handoff.info
+        return Delivery(
+            queue=handoff.queue,
+            message_id=info.message_id,
+            token=token,
+            attempts=1,
+            priority=info.priority,
+            enqueued_at=info.enqueued_at,
+            expires_at=info.expires_at,
+            body=handoff.body,
+            message=None,
+            options=DEFAULT_OPTIONS,
+        )
+
+    def _settle_handoff(
+        self, queue: str, settlement: SettlementRef, *, pop: bool = True
+    ) -> _Handoff | None:
+        handoff = self._handed.get(settlement.token)
+        if (
+            handoff is None
+            or handoff.queue != queue
+            or handoff.info.message_id != settlement.message_id
+        ):
+            return None
+        if pop:
+            del self._handed[settlement.token]
+        return handoff
 
     async def drop_namespace(self) -> None:
         """Delete every stream and bucket of this namespace (all queues, dead letters,
@@ -701,9 +1000,16 @@ class NatsBroker:
         with contextlib.suppress(Exception):
             await self._nc.publish(f"{self.namespace}.n.{queue_token(queue)}", _DIGITS[priority])
 
-    async def _request_pub(self, subject: str, payload: bytes, headers: dict[str, str]) -> Any:
-        """Send one JetStream publish whose answer comes to this broker's inbox; return a
-        handle for :meth:`_pub_result` (so several can be in flight: pipelining)."""
+    async def _request_pub(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str],
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> Any:
+        """Send one request (a JetStream publish, a handoff) whose answer comes to this
+        broker's inbox; return a handle (key, future, timer) for :meth:`_pub_result` (so
+        several can be in flight: pipelining)."""
         key = f"P{next(self._request_ids)}"
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
@@ -716,7 +1022,7 @@ class NatsBroker:
         except BaseException:
             self._requests.pop(key, None)
             raise
-        timer = loop.call_later(REQUEST_TIMEOUT, _expire_future, future)
+        timer = loop.call_later(timeout, _expire_future, future)
         return key, future, timer
 
     async def _pub_result(self, handle: Any) -> tuple[int, bool]:
@@ -1159,6 +1465,16 @@ class NatsBroker:
         self._check_open()
         if max_messages <= 0:
             return []
+        watch = self._watches.get(queue)
+        if watch is not None:
+            watch.active_at = time.monotonic()
+        if watch is not None and watch.handoffs:
+            # handed off while the queue was empty: no pull needed (that is their point)
+            handoffs = watch.handoffs
+            return [
+                self._handoff_delivery(handoffs.popleft())
+                for _ in range(min(max_messages, len(handoffs)))
+            ]
         await self._expire_held()
         pullers = await self._pullers_for(queue, lock_seconds)
         out: list[Delivery] = []
@@ -1189,10 +1505,15 @@ class NatsBroker:
                     break
             if len(out) >= max_messages:
                 break
+        watch = self._watches.get(queue)
+        if watch is not None:  # (created by the first receive)
+            watch.drained = len(out) < max_messages
+            watch.active_at = time.monotonic()
         return out
 
     async def _to_delivery(self, puller: _Puller, msg: Msg, lock_seconds: float) -> Delivery | None:
-        info = _Info.decode((msg.headers or {}).get(H_INFO))
+        headers = msg.headers or {}
+        info = _Info.decode(headers.get(H_INFO))
         md = msg.metadata
         seq = int(md.sequence.stream)
         delivered = int(md.num_delivered)
@@ -1221,18 +1542,23 @@ class NatsBroker:
             has_meta=meta is not None,
         )
         puller.may_have(time.monotonic() + puller.ack_wait)  # if the lock runs out
+        if meta is not None:
+            last_error = meta.error
+        else:
+            stored = headers.get(H_ERROR)
+            last_error = None if stored is None else _uq(stored)
         return Delivery(
             queue=puller.queue,
             message_id=message_id,
             token=token,
-            attempts=max(1, delivered - (meta.phantom if meta else 0)),
+            attempts=_attempts(delivered, meta, headers),
             priority=puller.priority,
             enqueued_at=info.enqueued_at,
             expires_at=info.expires_at,
             body=msg.data,
             message=None,
             options=DEFAULT_OPTIONS,
-            last_error=meta.error if meta else None,
+            last_error=last_error,
         )
 
     # ------------------------------------------------------------------ settling
@@ -1268,9 +1594,12 @@ class NatsBroker:
     ) -> list[bool]:
         """Remove settled messages (double ack); outbox and processed key first (not atomic)."""
         self._check_open()
-        helds = [self._take(queue, s) for s in settlements]
-        live = [h for h in helds if h is not None]
-        if not live:
+        helds: list[_Held | _Handoff | None] = [
+            self._settle_handoff(queue, s) if s.token[:1] == "h" else self._take(queue, s)
+            for s in settlements
+        ]
+        live = [h for h in helds if isinstance(h, _Held)]
+        if not live and all(h is None for h in helds):
             return [False] * len(helds)  # every lock is lost: record and enqueue nothing
         if processed_key is not None:
             if outbox:
@@ -1367,6 +1696,13 @@ class NatsBroker:
     ) -> bool:
         """``nak(delay)``: delivered again after ``delay`` seconds; ``error`` is kept."""
         self._check_open()
+        if settlement.token[:1] == "h":
+            handoff = self._settle_handoff(queue, settlement)
+            if handoff is None:
+                return False
+            await self._requeue(handoff, prior=1, delay=delay, error=error)
+            await self._confirm(handoff)  # the answer, if any, comes the usual way now
+            return True
         held = self._take(queue, settlement)
         if held is None:
             return False
@@ -1391,6 +1727,9 @@ class NatsBroker:
         self._check_open()
         out: list[bool] = []
         for s in settlements:
+            if s.token[:1] == "h":  # held by this process alone: nothing to extend
+                out.append(self._settle_handoff(queue, s, pop=False) is not None)
+                continue
             held = self._take(queue, s, pop=False)
             if held is None:
                 out.append(False)
@@ -1400,7 +1739,7 @@ class NatsBroker:
             held.deadline = self._clock.now() + lock_seconds
             held.real_deadline = time.monotonic() + held.puller.ack_wait
             out.append(True)
-        if any(out):
+        if any(s.token[:1] != "h" for s in settlements):
             with self._errors("renew"):
                 await self._nc.flush(timeout=int(REQUEST_TIMEOUT))
         return out
@@ -1410,6 +1749,18 @@ class NatsBroker:
     ) -> bool:
         """Copy the message to ``<ns>.dlq.<queue>`` with why, then terminate it in the queue."""
         self._check_open()
+        if settlement.token[:1] == "h":
+            handoff = self._settle_handoff(queue, settlement)
+            if handoff is None:
+                return False
+            await self._publish(
+                self._dlq_subject(queue),
+                handoff.body,
+                self._dead_headers(
+                    queue, f"ho:{handoff.info.message_id}", handoff.info.encode(), 1, reason, error
+                ),
+            )
+            return True
         held = self._take(queue, settlement)
         if held is None:
             return False
@@ -1417,22 +1768,34 @@ class NatsBroker:
         headers = msg.headers or {}
         md = msg.metadata
         meta = await self._meta(held.seq) if (held.has_meta or md.num_delivered > 1) else None
-        attempts = max(1, int(md.num_delivered) - (meta.phantom if meta else 0))
-        dl_headers = {
-            H_MSG_ID: f"dl:{queue_token(queue)}:{held.seq}:{md.num_delivered}",
-            H_QUEUE: _hq(queue),
-            H_INFO: headers.get(H_INFO, ""),
-            H_REASON: _hq(reason),
-            H_ATTEMPTS: str(attempts),
-            H_DEAD_AT: repr(self._clock.now()),
-        }
-        if error is not None:
-            dl_headers[H_ERROR] = _hq(error)
+        dl_headers = self._dead_headers(
+            queue,
+            f"{held.seq}:{md.num_delivered}",
+            headers.get(H_INFO, ""),
+            _attempts(int(md.num_delivered), meta, headers),
+            reason,
+            error,
+        )
         await self._publish(self._dlq_subject(queue), msg.data or b"", dl_headers)
         await self._ack_sync(msg, b"+TERM")
         if meta is not None or held.has_meta:
             await self._drop_meta(held.seq)
         return True
+
+    def _dead_headers(
+        self, queue: str, key: str, info: str, attempts: int, reason: str, error: str | None
+    ) -> dict[str, str]:
+        headers = {
+            H_MSG_ID: f"dl:{queue_token(queue)}:{key}",
+            H_QUEUE: _hq(queue),
+            H_INFO: info,
+            H_REASON: _hq(reason),
+            H_ATTEMPTS: str(attempts),
+            H_DEAD_AT: repr(self._clock.now()),
+        }
+        if error is not None:
+            headers[H_ERROR] = _hq(error)
+        return headers
 
     # ------------------------------------------------------------------ dead letters
     def _next_dead(self, subject: str, seq: int) -> Callable[[], Awaitable[api.RawStreamMsg]]:
@@ -1688,6 +2051,9 @@ class NatsBroker:
 
         async def on_publish(msg: Msg) -> None:
             data = msg.data
+            watch = self._watches.get(queue)
+            if watch is not None:
+                watch.drained = False  # queued messages first: no handoff overtakes them
             pullers = self._queues.get(queue)
             if pullers is not None:
                 if len(data) == 1 and 48 <= data[0] <= 52:
@@ -1697,16 +2063,29 @@ class NatsBroker:
                         puller.may_have()
             event.set()
 
+        async def on_handoff(msg: Msg) -> None:
+            headers = msg.headers or {}
+            wait = _fnum(headers.get(H_WAIT), HANDOFF_TIMEOUT) or HANDOFF_TIMEOUT
+            taken = bool(msg.data) and self._take_handoff(
+                queue, msg.data, _Info.decode(headers.get(H_INFO)), msg.reply or None, wait
+            )
+            if not taken and msg.reply:  # taken: answered within HANDOFF_CONFIRM_SECONDS
+                with contextlib.suppress(Exception):
+                    await self._nc.publish(msg.reply, b"0")
+
+        token = queue_token(queue)
         with self._errors("watch"):
-            sub = await self._nc.subscribe(
-                f"{self.namespace}.n.{queue_token(queue)}", cb=on_publish
+            sub = await self._nc.subscribe(f"{self.namespace}.n.{token}", cb=on_publish)
+            handoff_sub = await self._nc.subscribe(
+                f"{self.namespace}.h.{token}", queue=f"{self.namespace}.h", cb=on_handoff
             )
         watch = self._watches.get(queue)
         if watch is not None:  # a concurrent wait won the race
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            for extra in (sub, handoff_sub):
+                with contextlib.suppress(Exception):
+                    await extra.unsubscribe()
             return watch
-        watch = self._watches[queue] = _Watch(event=event, sub=sub)
+        watch = self._watches[queue] = _Watch(event=event, sub=sub, handoff_sub=handoff_sub)
         return watch
 
     def _schedule_wake(self, queue: str, delay: float, priority: int | None = None) -> None:
@@ -1723,6 +2102,7 @@ class NatsBroker:
         if watch is None:
             return
         if delay <= 0:
+            watch.drained = False
             watch.event.set()
         else:
             watch.wake_at = min(watch.wake_at, time.monotonic() + delay)
@@ -1734,6 +2114,7 @@ class NatsBroker:
         watch = await self._watch(queue)
         if watch.event.is_set():
             watch.event.clear()
+            watch.active_at = time.monotonic()
             return
         now = time.monotonic()
         wake = watch.wake_at
@@ -1743,13 +2124,28 @@ class NatsBroker:
         limit = max(0.0, timeout)
         if wake != float("inf"):
             limit = min(limit, max(0.0, wake - now))
+        watch.waiters += 1
         try:
-            await asyncio.wait_for(watch.event.wait(), limit)
+            async with asyncio.timeout(limit):  # no extra task, unlike wait_for
+                await watch.event.wait()
         except TimeoutError:
             pass
+        finally:
+            watch.waiters -= 1
+            watch.active_at = time.monotonic()
         if time.monotonic() >= watch.wake_at:
             watch.wake_at = float("inf")
         watch.event.clear()
+
+
+def _attempts(delivered: int, meta: _Meta | None, headers: dict[str, str]) -> int:
+    """Attempts so far: the server's deliveries, minus those the engine caused to honour a
+    delivery time, plus those made before the message was stored (``Aos-Prior``)."""
+    attempts = max(1, delivered - (meta.phantom if meta else 0))
+    prior = headers.get(H_PRIOR)
+    if prior is not None and prior.isdigit():
+        attempts += int(prior)
+    return attempts
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
