@@ -6,18 +6,20 @@
   envelope bytes to a raw aiohttp handler that reads them and answers 202 (target: >= 60%);
 * the p50 latency of one send, one at a time, vs the same raw POST (target: <= 1.5x).
 
-Both nodes and both raw ends run on 127.0.0.1 in this process; runs alternate (raw, ours,
-raw, ours) and each side keeps its best run, so a noisy neighbour hurts both alike.
+The sending ends run in this process, each receiving end (the raw handler, the node) in a
+process of its own (``benchmarks/http_peer.py``), all on 127.0.0.1, as nodes on two hosts
+would; runs alternate (raw, ours, raw, ours) and each side keeps its best run, so a noisy
+neighbour hurts both alike.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.config.network import NetworkConfig
@@ -42,20 +44,34 @@ def _message(i: int) -> Message:
     )
 
 
-async def _raw_server() -> tuple[web.AppRunner, str]:
-    async def ingest(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(
-            status=202, body=b'{"accepted":true,"duplicate":false}', content_type="application/json"
-        )
+class _Peer:
+    """``benchmarks/http_peer.py`` in a child process: the receiving end (raw or a node)."""
 
-    app = web.Application()
-    app.router.add_post("/ingest", ingest)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/ingest"
+    def __init__(self, *args: str) -> None:
+        self.args = [sys.executable, "-m", "benchmarks.http_peer", *args]
+        self.proc: asyncio.subprocess.Process | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> _Peer:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        self.url = line.decode().strip()
+        if not self.url.startswith("http://"):
+            raise RuntimeError(f"peer did not start: {line!r}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        proc = self.proc
+        assert proc is not None and proc.stdin is not None
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 async def _raw_throughput(session: aiohttp.ClientSession, url: str, bodies: list[bytes]) -> float:
@@ -121,37 +137,37 @@ async def run(quick: bool) -> list[dict[str, Any]]:
         registry_cache_seconds=60.0,
     )
     bus_cfg = MessageBusConfig(broker_url="memory://", max_queue_size=10_000_000)
-    raw_runner, raw_url = await _raw_server()
     raw_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY))
     best: dict[str, float] = {"raw_tp": 0.0, "node_tp": 0.0}
     lat: dict[str, float] = {"raw": float("inf"), "node": float("inf")}
     try:
-        async with MessageBus(bus_cfg) as bus_a, MessageBus(bus_cfg) as bus_b:
-            receiver = NetworkProtocol(config, bus_b, storage=storage)
-            sender = NetworkProtocol(config, bus_a, storage=storage)
-            async with receiver, sender:
-                await receiver.register_agent("sink", capabilities=["bench"])
-                warm = [_message(i) for i in range(200)]
-                await _node_throughput(sender, warm)
-                await _raw_throughput(raw_session, raw_url, [encode(m) for m in warm])
-                for _ in range(rounds):
-                    msgs = [_message(i) for i in range(n)]
-                    bodies = [encode(m) for m in msgs]  # the very bytes the node sends
-                    best["raw_tp"] = max(
-                        best["raw_tp"], await _raw_throughput(raw_session, raw_url, bodies)
-                    )
-                    best["node_tp"] = max(best["node_tp"], await _node_throughput(sender, msgs))
-                    small = [_message(i) for i in range(n_latency)]
-                    lat["raw"] = min(
-                        lat["raw"],
-                        await _raw_latency(raw_session, raw_url, [encode(m) for m in small]),
-                    )
-                    lat["node"] = min(lat["node"], await _node_latency(sender, small))
-                    await bus_b.broker.delete_queue("sink")
-                assert await bus_a.dead_letter_depth("_net.outbox.bench") == 0
+        async with _Peer("raw") as raw_peer, _Peer("node", SECRET) as node_peer:
+            raw_url = raw_peer.url + "/ingest"
+            async with MessageBus(bus_cfg) as bus_a:
+                sender = NetworkProtocol(config, bus_a, storage=storage)
+                async with sender:
+                    await sender.register_agent("sink", node_peer.url, capabilities=["bench"])
+                    warm = [_message(i) for i in range(200)]
+                    await _node_throughput(sender, warm)
+                    await _raw_throughput(raw_session, raw_url, [encode(m) for m in warm])
+                    for _ in range(rounds):
+                        msgs = [_message(i) for i in range(n)]
+                        bodies = [encode(m) for m in msgs]  # the very bytes the node sends
+                        best["raw_tp"] = max(
+                            best["raw_tp"], await _raw_throughput(raw_session, raw_url, bodies)
+                        )
+                        best["node_tp"] = max(
+                            best["node_tp"], await _node_throughput(sender, msgs)
+                        )
+                        small = [_message(i) for i in range(n_latency)]
+                        lat["raw"] = min(
+                            lat["raw"],
+                            await _raw_latency(raw_session, raw_url, [encode(m) for m in small]),
+                        )
+                        lat["node"] = min(lat["node"], await _node_latency(sender, small))
+                    assert await bus_a.dead_letter_depth("_net.outbox.bench") == 0
     finally:
         await raw_session.close()
-        await raw_runner.cleanup()
         await storage.close()
     return [
         result(

@@ -201,12 +201,19 @@ def normalize_address(address: str) -> str:
 # ---------------------------------------------------------------------------------- signing
 
 
+#: HMAC states with the key already absorbed, one per secret: copying one is about three
+#: times cheaper than building a new HMAC (no key schedule, no digest look-up per request).
+_KEYED: dict[bytes, Any] = {}
+
+
 def _mac(secret: bytes, method: str, path: str, timestamp: str, body: bytes) -> str:
-    mac = hmac.new(
-        secret,
-        f"aos-{_SIG_VERSION}\n{method.upper()}\n{path}\n{timestamp}\n".encode(),
-        hashlib.sha256,
-    )
+    keyed = _KEYED.get(secret)
+    if keyed is None:
+        if len(_KEYED) >= 64:  # secrets rotate rarely; never let this grow without bound
+            _KEYED.clear()
+        keyed = _KEYED[secret] = hmac.new(secret, digestmod=hashlib.sha256)
+    mac = keyed.copy()
+    mac.update(f"aos-{_SIG_VERSION}\n{method.upper()}\n{path}\n{timestamp}\n".encode())
     mac.update(body)
     return mac.hexdigest()
 
