@@ -64,6 +64,10 @@ class NetworkConfig:
         ``retry_max_delay``, spread by ``retry_jitter``); ``circuit_failure_threshold``
         failures within ``circuit_window_seconds`` open the node's circuit for
         ``circuit_recovery_timeout``.
+    Batching (per remote node):
+        while ``batch_after`` requests to one node are in flight, further sends to it wait and
+        go together, up to ``max_batch`` messages (and ``max_body_bytes``) in one request
+        (a CloudEvents JSON batch), each with its own result; ``max_batch=1`` never batches.
     Limits and storage:
         ``max_body_bytes`` caps a request body (413 above it); ``storage_url`` selects the
         StorageManager holding the agent registry when the node is not given one
@@ -105,6 +109,8 @@ class NetworkConfig:
     a2a_auth_token: str | None = None
     a2a_request_timeout: float = 60.0
     a2a_max_tasks: int = 1000
+    batch_after: int = 4
+    max_batch: int = 64
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -133,6 +139,8 @@ class NetworkConfig:
             "circuit_failure_threshold": 1,
             "max_body_bytes": 1024,
             "a2a_max_tasks": 1,
+            "batch_after": 1,
+            "max_batch": 1,
         }
         for name, low in ints_min.items():
             value = getattr(self, name)

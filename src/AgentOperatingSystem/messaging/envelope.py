@@ -46,6 +46,8 @@ __all__ = [
     "KeyLookup",
     "content_key_id",
     "decode",
+    "decode_batch",
+    "decode_event",
     "encode",
 ]
 
@@ -306,6 +308,33 @@ def decode(
         event = _loads(bytes(body))
     except (ValueError, RecursionError) as exc:
         raise DecodeError(f"envelope is not JSON: {exc}") from exc
+    return decode_event(event, max_bytes=max_bytes, keys=keys)
+
+
+def decode_batch(body: bytes, *, max_bytes: int = 1024 * 1024) -> list[Any]:
+    """Parse a CloudEvents JSON batch (``application/cloudevents-batch+json``: a JSON array
+    of events) into its events, each to be checked with :func:`decode_event`; raise
+    :class:`DecodeError` when the body is not such an array."""
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise DecodeError(f"batch must be bytes, not {type(body).__name__}")
+    if len(body) > max_bytes:
+        raise DecodeError(f"batch is {len(body)} bytes; the limit is {max_bytes}")
+    try:
+        events = _loads(bytes(body))
+    except (ValueError, RecursionError) as exc:
+        raise DecodeError(f"batch is not JSON: {exc}") from exc
+    if not isinstance(events, list):
+        raise DecodeError("a CloudEvents batch must be a JSON array")
+    return events
+
+
+def decode_event(
+    event: Any,
+    *,
+    max_bytes: int = 1024 * 1024,
+    keys: KeyLookup | None = None,
+) -> tuple[Message, DeliveryOptions]:
+    """Validate one already-parsed envelope (a JSON object) as :func:`decode` does."""
     if not isinstance(event, dict):
         raise DecodeError("envelope is not a JSON object")
     if event.get("specversion") != "1.0":

@@ -24,7 +24,14 @@ had the message already). Errors carry
 (unsigned, wrongly signed, or a timestamp older than ``signature_max_age``), ``404
 unknown_agent``, ``413 payload_too_large``, ``503 queue_full``/``unavailable``. The receiving
 node publishes a message with its id as idempotency key, so a retried or replayed request is
-delivered once within the bus's dedup window. Also served: ``GET /aos/v1/health`` (public),
+delivered once within the bus's dedup window.
+
+The same endpoint takes a CloudEvents JSON batch (``Content-Type:
+application/cloudevents-batch+json``, a JSON array of up to ``MAX_BATCH_MESSAGES`` envelopes,
+signed as one body): each message is admitted on its own and the answer is ``200
+{"results": [{"id", "status": 202, "duplicate"} | {"id", "status": 4xx/5xx, "error"}]}`` in
+order; a body that is not such an array is refused as a whole (``400``), as is an unsigned or
+oversize one. Also served: ``GET /aos/v1/health`` (public),
 ``GET /aos/v1/agents`` and ``GET /aos/v1/agents/{agent_id}`` (signed).
 
 Sending
@@ -36,6 +43,13 @@ and retries with exponential backoff for transient failures (connection errors, 
 429 and 5xx). An agent that is not registered raises :class:`UnknownAgentError`; a node that
 does not answer after the retries, or whose circuit is open, raises
 :class:`AgentUnreachableError` (at once, without a request, while the circuit is open).
+
+While ``batch_after`` requests to one node are in flight, further sends to that node wait
+and the oldest waiting one takes all that wait (up to ``max_batch`` messages and
+``max_body_bytes``) in one batch request; each send still returns its own receipt or raises
+its own error (a per-message 5xx is retried alone). A lone send never waits: latency is that
+of one request. A send cancelled while its batch is in flight puts the others back to go in
+a new request (the node deduplicates by message id).
 
 A send that fails is not lost: the message goes to the dead-letter queue of the sender's
 *network outbox* on the local bus, ``_net.outbox.<sender_id>`` (see :func:`outbox_queue`),
@@ -63,6 +77,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -72,7 +87,7 @@ import logging
 import math
 import random
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import (
@@ -100,7 +115,7 @@ from ..storage.manager import StorageManager
 from .brokers.base import Delivery, Envelope, Settlement
 from .bus import MessageBus
 from .clock import SYSTEM_CLOCK, Clock
-from .envelope import decode, encode
+from .envelope import decode, decode_batch, decode_event, encode
 from .errors import (
     AgentUnreachableError,
     BrokerClosedError,
@@ -152,6 +167,9 @@ HEADER_TIMESTAMP = "X-AOS-Timestamp"
 HEADER_SIGNATURE = "X-AOS-Signature"
 HEADER_NODE = "X-AOS-Node"
 CLOUDEVENTS_JSON = "application/cloudevents+json"
+CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
+#: most messages a node accepts in one batch request
+MAX_BATCH_MESSAGES = 1000
 CARD_PATH = "/.well-known/agent-card.json"
 _SIG_VERSION = "v1"
 _MAX_SEEN = 200_000
@@ -627,6 +645,84 @@ class Connection:
         await self.close()
 
 
+@dataclass(slots=True)
+class _Pending:
+    """A send waiting to go in a batch, and where its own result goes."""
+
+    message: Message
+    body: bytes
+    future: asyncio.Future[tuple[int, bytes, int]]
+
+
+class _Lane:
+    """Sends to one node: how many requests are in flight, and the sends waiting."""
+
+    __slots__ = ("inflight", "pending", "waiters")
+
+    def __init__(self) -> None:
+        self.inflight = 0
+        self.pending: deque[_Pending] = deque()
+        self.waiters: list[asyncio.Future[None]] = []
+
+    def take(self, max_messages: int, max_bytes: int) -> list[_Pending]:
+        """The oldest waiting sends that fit one request (at least one)."""
+        batch = [self.pending.popleft()]
+        size = len(batch[0].body)
+        pending = self.pending
+        while pending and len(batch) < max_messages:
+            nxt = len(pending[0].body) + 1
+            if size + nxt > max_bytes:
+                break
+            size += nxt
+            batch.append(pending.popleft())
+        return batch
+
+    async def wait(self) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        await fut
+
+    def wake(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # an error nobody waits for any more is not "never retrieved"
+
+
+def _clone(exc: NetworkError) -> NetworkError:
+    """A copy of ``exc`` (same type, message, attributes and cause) for one batch member."""
+    clone = copy.copy(exc)
+    clone.__cause__ = exc.__cause__
+    clone.__traceback__ = None
+    return clone
+
+
+def _batch_results(payload: bytes, count: int) -> list[tuple[int, bytes]] | None:
+    """Per-message (status, answer) from a batch answer; None when it is not one."""
+    try:
+        answer = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    results = answer.get("results") if isinstance(answer, dict) else None
+    if not isinstance(results, list) or len(results) != count:
+        return None
+    out: list[tuple[int, bytes]] = []
+    for r in results:
+        status = r.get("status") if isinstance(r, dict) else None
+        if isinstance(status, bool) or not isinstance(status, int):
+            return None
+        if status == 202:
+            out.append((202, _DUPLICATE_BODY if r.get("duplicate") else _ACCEPTED_BODY))
+        else:
+            out.append((status, _dumps({"error": r.get("error")})))
+    return out
+
+
 class _CountingConnector(aiohttp.TCPConnector):
     """A TCP connector that counts the connections it opens (keep-alive reuse shows as a
     count that stays low); cheaper than a per-request trace hook."""
@@ -678,6 +774,7 @@ class ConnectionPool:
         self._connector: _CountingConnector | None = None
         self._breakers: dict[str, CircuitBreaker] = {}
         self._message_urls: dict[str, URL] = {}
+        self._lanes: dict[str, _Lane] = {}
         self._closed = False
         self._rng = random.Random()
         self._opened_before = 0
@@ -826,11 +923,18 @@ class ConnectionPool:
             base *= 1.0 + self._rng.uniform(-cfg.retry_jitter, cfg.retry_jitter)
         return max(0.0, base)
 
-    async def _once(self, method: str, url: URL, body: bytes, signed: bool) -> tuple[int, bytes]:
+    async def _once(
+        self,
+        method: str,
+        url: URL,
+        body: bytes,
+        signed: bool,
+        content_type: str = CLOUDEVENTS_JSON,
+    ) -> tuple[int, bytes]:
         session = self._ensure_session()
         headers = {HEADER_NODE: self.node_id}
         if body:
-            headers["Content-Type"] = CLOUDEVENTS_JSON
+            headers["Content-Type"] = content_type
         if signed and self._secret is not None:
             headers.update(
                 signature_headers(self._secret, method, url.raw_path_qs, body, self.clock.now())
@@ -857,6 +961,7 @@ class ConnectionPool:
         *,
         signed: bool = True,
         what: str = "request",
+        content_type: str = CLOUDEVENTS_JSON,
     ) -> tuple[int, bytes, int]:
         """One request with retries and the node's circuit breaker: ``(status, body,
         attempts)`` for any answer below 500 (except 429). Raises
@@ -868,7 +973,9 @@ class ConnectionPool:
         last: _Transient | None = None
         for attempt in range(1, attempts + 1):
             try:
-                status, payload = await breaker.call(self._once, method, url, body, signed)
+                status, payload = await breaker.call(
+                    self._once, method, url, body, signed, content_type
+                )
             except CircuitOpenError as exc:
                 wait = f"; retry in {exc.retry_after:.1f}s" if exc.retry_after is not None else ""
                 raise AgentUnreachableError(
@@ -884,6 +991,89 @@ class ConnectionPool:
         raise AgentUnreachableError(
             f"{what}: node {origin} did not answer after {attempts} attempt(s): {last}"
         ) from last
+
+    async def _batched(
+        self, lane: _Lane, target: str, url: URL, message: Message, body: bytes
+    ) -> tuple[int, bytes, int]:
+        """Send ``body`` together with others: wait in the node's lane; the oldest waiting
+        send takes everything waiting (up to ``max_batch`` messages and ``max_body_bytes``)
+        as one request once fewer than ``batch_after`` are in flight. Returns this
+        message's own (status, answer, attempts)."""
+        item = _Pending(message, body, asyncio.get_running_loop().create_future())
+        item.future.add_done_callback(_retrieved)
+        lane.pending.append(item)
+        try:
+            while not item.future.done():
+                pending = lane.pending
+                if lane.inflight < self.config.batch_after and pending and pending[0] is item:
+                    batch = lane.take(self.config.max_batch, self.config.max_body_bytes - 2)
+                    lane.inflight += 1
+                    try:
+                        await self._send_batch(target, url, batch)
+                    except BaseException:
+                        # cancelled mid-request: the others go back to wait for a new one
+                        # (the node deduplicates by message id, so a resend is harmless)
+                        lane.pending.extendleft(
+                            reversed([p for p in batch if p is not item and not p.future.done()])
+                        )
+                        raise
+                    finally:
+                        lane.inflight -= 1
+                        lane.wake()
+                else:
+                    await lane.wait()
+        finally:
+            if not item.future.done() and item in lane.pending:
+                lane.pending.remove(item)  # cancelled while waiting
+                lane.wake()
+        return item.future.result()
+
+    async def _send_batch(self, target: str, url: URL, batch: list[_Pending]) -> None:
+        """One request for ``batch``; sets every item's result (or error)."""
+        if len(batch) == 1:
+            only = batch[0]
+            try:
+                result = await self.exchange(
+                    "POST",
+                    url,
+                    only.body,
+                    what=f"message {only.message.message_id} to {only.message.recipient_id!r}",
+                )
+            except NetworkError as exc:
+                only.future.set_exception(exc)
+            else:
+                only.future.set_result(result)
+            return
+        body = b"[" + b",".join(p.body for p in batch) + b"]"
+        try:
+            status, payload, attempts = await self.exchange(
+                "POST",
+                url,
+                body,
+                what=f"{len(batch)} messages to node {target}",
+                content_type=CLOUDEVENTS_BATCH,
+            )
+        except NetworkError as exc:
+            for p in batch:
+                p.future.set_exception(_clone(exc))
+            return
+        if status == 413:  # the node takes smaller requests than we do: one by one
+            for p in batch:
+                await self._send_batch(target, url, [p])
+            return
+        results = _batch_results(payload, len(batch)) if status == 200 else None
+        if results is None:  # the whole request was refused (401, 400, ...): say so to each
+            for p in batch:
+                p.future.set_result((status, payload, attempts))
+            return
+        again: list[_Pending] = []
+        for p, (item_status, item_payload) in zip(batch, results):
+            if item_status >= 500 or item_status == 429:
+                again.append(p)  # transient for this message: alone, with the retries
+            else:
+                p.future.set_result((item_status, item_payload, attempts))
+        if again:
+            await asyncio.gather(*(self._send_batch(target, url, [p]) for p in again))
 
     def _json_ok(self, status: int, payload: bytes, address: str) -> Any:
         if status >= 400:
@@ -937,10 +1127,21 @@ class ConnectionPool:
         url = self._message_urls.get(target)
         if url is None:
             url = self._message_urls[target] = _endpoint(target, f"{API_PREFIX}/messages")
+        lane = self._lanes.get(target)
+        if lane is None:
+            lane = self._lanes[target] = _Lane()
         try:
-            status, payload, attempts = await self.exchange(
-                "POST", url, body, what=f"message {message.message_id} to {recipient!r}"
-            )
+            if lane.inflight < self.config.batch_after and not lane.pending:
+                lane.inflight += 1
+                try:
+                    status, payload, attempts = await self.exchange(
+                        "POST", url, body, what=f"message {message.message_id} to {recipient!r}"
+                    )
+                finally:
+                    lane.inflight -= 1
+                    lane.wake()
+            else:
+                status, payload, attempts = await self._batched(lane, target, url, message, body)
             if status == 404:
                 code, text = _remote_error(payload)
                 raise UnknownAgentError(
@@ -2292,43 +2493,82 @@ class NetworkProtocol:
         denied = self._auth_body(request, body)
         if denied is not None:
             return denied
+        if request.content_type == CLOUDEVENTS_BATCH:
+            return await self._accept_batch(body)
+        status, code, text, duplicate = await self._admit(body)
+        if status == 202:
+            return _accepted(duplicate)
+        return _error(status, code, text)
+
+    async def _accept_batch(self, body: bytes) -> web.StreamResponse:
+        """A CloudEvents JSON batch: each message admitted on its own, one result each
+        (``200 {"results": [{"id", "status", "duplicate" | "error"}, ...]}`` in order)."""
+        try:
+            events = decode_batch(body, max_bytes=self.config.max_body_bytes)
+        except DecodeError as exc:
+            return _error(400, "bad_request", f"not a CloudEvents batch: {exc}")
+        if len(events) > MAX_BATCH_MESSAGES:
+            return _error(
+                413, "payload_too_large", f"{len(events)} messages; at most {MAX_BATCH_MESSAGES}"
+            )
+        results: list[dict[str, Any]] = []
+        for event in events:
+            status, code, text, duplicate = await self._admit(event)
+            event_id = event.get("id") if isinstance(event, dict) else None
+            result: dict[str, Any] = {
+                "id": event_id if isinstance(event_id, str) else None,
+                "status": status,
+            }
+            if status == 202:
+                result["duplicate"] = duplicate
+            else:
+                result["error"] = {"code": code, "message": text}
+            results.append(result)
+        return web.Response(
+            status=200, body=_dumps({"results": results}), content_type="application/json"
+        )
+
+    async def _admit(self, envelope: bytes | Any) -> tuple[int, str, str, bool]:
+        """Decode one envelope (bytes, or an event parsed from a batch) and publish it on the
+        bus: ``(status, error code, error text, duplicate)``, status 202 when accepted."""
+        cfg = self.config
         bus = self._bus
         security = bus.security
+        keys = security.content_key if security is not None else None
         try:
-            message, options = decode(
-                body,
-                max_bytes=cfg.max_body_bytes,
-                keys=security.content_key if security is not None else None,
-            )
+            if isinstance(envelope, bytes):
+                message, options = decode(envelope, max_bytes=cfg.max_body_bytes, keys=keys)
+            else:
+                message, options = decode_event(envelope, max_bytes=cfg.max_body_bytes, keys=keys)
         except DecryptionError as exc:
-            return _error(400, "bad_request", f"content cannot be decrypted here: {exc}")
+            return 400, "bad_request", f"content cannot be decrypted here: {exc}", False
         except DecodeError as exc:
-            return _error(400, "bad_request", f"not a valid AOS CloudEvents envelope: {exc}")
+            return 400, "bad_request", f"not a valid AOS CloudEvents envelope: {exc}", False
         recipient = message.recipient_id
         if recipient is None:
-            return _error(400, "bad_request", "the message names no recipient (aosrecipient)")
+            return 400, "bad_request", "the message names no recipient (aosrecipient)", False
         if await self._hosted(recipient) is None:
-            return _error(404, "unknown_agent", f"this node does not host agent {recipient!r}")
+            return 404, "unknown_agent", f"this node does not host agent {recipient!r}", False
         if not bus.started:
-            return _error(503, "unavailable", "the node's message bus is not running")
+            return 503, "unavailable", "the node's message bus is not running", False
         try:
             duplicate = await self._publish_incoming(bus, message, options)
         except DuplicateMessageError:
-            return _accepted(True)
+            return 202, "", "", True
         except QueueFullError as exc:
-            return _error(503, "queue_full", str(exc))
+            return 503, "queue_full", str(exc), False
         except PermissionDeniedError as exc:
-            return _error(403, "forbidden", str(exc))
+            return 403, "forbidden", str(exc), False
         except MessageTooLargeError as exc:
-            return _error(413, "payload_too_large", str(exc))
+            return 413, "payload_too_large", str(exc), False
         except InvalidMessageError as exc:
-            return _error(400, "bad_request", str(exc))
+            return 400, "bad_request", str(exc), False
         except BrokerClosedError as exc:
-            return _error(503, "unavailable", str(exc))
+            return 503, "unavailable", str(exc), False
         except MessagingError as exc:
             log.exception("publishing incoming message %s failed", message.message_id)
-            return _error(500, "internal_error", error_text(exc))
-        return _accepted(duplicate)
+            return 500, "internal_error", error_text(exc), False
+        return 202, "", "", duplicate
 
     async def _publish_incoming(
         self, bus: MessageBus, message: Message, options: DeliveryOptions
