@@ -2,7 +2,8 @@
 
     python -m benchmarks.run [--quick] [--only core,network] [--json-only]
 
-Prints a table, then one JSON line per scenario with keys scenario, value, unit, baseline,
+With more than one suite, each runs in a fresh interpreter of its own. Prints a table, then
+one JSON line per scenario with keys scenario, value, unit, baseline,
 baseline_value, ratio (and target/meets_target where the issue sets a goal). Exit code 0
 even when a target is missed: the figures are the report; machines here are shared and noisy.
 """
@@ -14,6 +15,7 @@ import asyncio
 import importlib
 import json
 import pkgutil
+import subprocess
 import sys
 import time
 import traceback
@@ -55,18 +57,32 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines)
 
 
+def _in_child(name: str, quick: bool) -> list[dict[str, Any]]:
+    """Run one suite in a fresh interpreter (what earlier suites left behind -- heap, threads,
+    garbage -- cannot tilt its figures) and return its rows."""
+    cmd = [sys.executable, "-m", "benchmarks.run", "--only", name, "--json-only"]
+    if quick:
+        cmd.append("--quick")
+    done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"suite {name} exited with {done.returncode}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
 async def main_async(args: argparse.Namespace) -> int:
     wanted = set(args.only.split(",")) if args.only else None
+    names = [n for n in discover() if wanted is None or n in wanted]
     rows: list[dict[str, Any]] = []
     failed = 0
-    for name in discover():
-        if wanted is not None and name not in wanted:
-            continue
+    for name in names:
         started = time.perf_counter()
         print(f"# running {name} ...", file=sys.stderr, flush=True)
         try:
-            module = importlib.import_module(f"benchmarks.scenarios.{name}")
-            got = await module.run(args.quick)
+            if len(names) > 1:
+                got = _in_child(name, args.quick)
+            else:
+                module = importlib.import_module(f"benchmarks.scenarios.{name}")
+                got = await module.run(args.quick)
         except Exception:
             failed += 1
             traceback.print_exc()
