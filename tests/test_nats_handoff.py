@@ -78,6 +78,25 @@ async def test_a_request_is_handed_to_a_consumer_in_another_process(
     assert sorted(worker.handled) == list(range(6))  # each handled once
 
 
+async def test_two_consumer_processes_of_one_agent_never_both_take_a_request(
+    nats_url: str, nats_namespace: str
+) -> None:
+    url = f"{nats_url}?namespace={nats_namespace}"
+    workers = [Worker(url, "cfo"), Worker(url, "cfo")]
+    await asyncio.gather(*(w.start() for w in workers))
+    try:
+        async with MessageBus(config(nats_url, nats_namespace)) as bus:
+            answers = await asyncio.gather(
+                *(bus.request(recipient_id="cfo", content={"n": n}, timeout=20) for n in range(30))
+            )
+            assert [a.content["echo"] for a in answers] == list(range(30))
+            assert {a.content["pid"] for a in answers} <= {w.pid for w in workers}
+    finally:
+        await asyncio.gather(*(w.stop() for w in workers))
+    handled = workers[0].handled + workers[1].handled
+    assert sorted(handled) == list(range(30))  # every request handled, none twice
+
+
 async def test_a_request_is_handed_to_a_consumer_of_the_same_process(
     nats_url: str, nats_namespace: str
 ) -> None:
