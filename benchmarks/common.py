@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import sys
 from typing import Any, Awaitable, Callable
 
 
@@ -70,3 +71,37 @@ def countdown(n: int) -> tuple[Callable[[Any], Awaitable[None]], asyncio.Event]:
             done.set()
 
     return handler, done
+
+
+class Child:
+    """``python -m <module> <args>`` in a child process for the duration of ``async with``:
+    started, its first line of output kept in :attr:`line` (it prints one when it serves),
+    stopped by closing its standard input, then by PID."""
+
+    def __init__(self, module: str, *args: str) -> None:
+        self.args = [sys.executable, "-m", module, *args]
+        self.proc: asyncio.subprocess.Process | None = None
+        self.line = ""
+
+    async def __aenter__(self) -> Child:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        assert self.proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        except TimeoutError:
+            await self.__aexit__()
+            raise RuntimeError(f"{' '.join(self.args[2:])} did not start") from None
+        self.line = line.decode().strip()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        proc = self.proc
+        assert proc is not None and proc.stdin is not None
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()

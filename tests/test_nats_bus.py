@@ -7,7 +7,6 @@ import json
 import sys
 import time
 from collections import Counter
-from typing import Any
 
 import nats
 import pytest
@@ -18,6 +17,7 @@ from AgentOperatingSystem.messaging.errors import MessagingError
 from AgentOperatingSystem.messaging.types import Message, MessageType
 from tests.support.nats_fixtures import new_nats_namespace
 from tests.support.nats_server import NatsServer
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.nats
 
@@ -118,14 +118,6 @@ def task(n: int) -> Message:
     )
 
 
-async def until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def test_two_bus_processes_share_an_agent_queue(nats_url: str, nats_namespace: str) -> None:
     url = f"{nats_url}?namespace={nats_namespace}"
     workers = [Worker(url, "worker", delay=0.005), Worker(url, "worker", delay=0.005)]
@@ -135,7 +127,7 @@ async def test_two_bus_processes_share_an_agent_queue(nats_url: str, nats_namesp
         async with MessageBus(config) as bus:
             n = 300
             await asyncio.gather(*(bus.publish(task(i)) for i in range(n)))
-            await until(
+            await eventually(
                 lambda: len(set(workers[0].handled) | set(workers[1].handled)) >= n,
                 60,
                 "both workers to handle every message",
@@ -201,7 +193,7 @@ async def test_cluster_loses_its_stream_leader_and_loses_no_acknowledged_message
     async with MessageBus(config) as bus:
         await bus.subscribe("worker", [MessageType.TASK], handler)
         await bus.publish(task(-1))  # the consumer is running before the storm
-        await until(lambda: -1 in handled, 30, "the warm-up message")
+        await eventually(lambda: -1 in handled, 30, "the warm-up message")
         numbers = iter(range(total))
 
         async def publisher() -> None:
@@ -214,7 +206,7 @@ async def test_cluster_loses_its_stream_leader_and_loses_no_acknowledged_message
                     acked.add(n)
 
         async def killer() -> None:
-            await until(lambda: len(acked) >= 2_000, 60, "2,000 acknowledged publishes")
+            await eventually(lambda: len(acked) >= 2_000, 60, "2,000 acknowledged publishes")
             victim = await _stream_leader(nats_cluster, f"{ns}_Q")
             killed.append(victim.name)
             victim.kill()  # SIGKILL while publishing and consuming

@@ -5,8 +5,6 @@ durable queue, dead-lettered, put back at stop, or swept back when nobody picks 
 from __future__ import annotations
 
 import asyncio
-import inspect
-import time
 from typing import Any, AsyncIterator
 
 import pytest
@@ -19,6 +17,7 @@ from AgentOperatingSystem.messaging.bus import DLQ_ATTEMPTS, DLQ_ERROR, DLQ_REAS
 from AgentOperatingSystem.messaging.clock import SystemClock
 from AgentOperatingSystem.messaging.errors import RequestFailedError
 from AgentOperatingSystem.messaging.types import Message, MessageType
+from tests.support.waiting import eventually
 from tests.test_nats_bus import Worker
 
 pytestmark = pytest.mark.nats
@@ -41,20 +40,6 @@ def spy_on_sends(bus: MessageBus) -> list[str]:
 
     bus.broker.send = spy  # type: ignore[method-assign]
     return stored
-
-
-async def until(predicate: Any, timeout: float, what: str) -> None:
-    """Poll ``predicate`` (a function returning a bool or an awaitable bool), bounded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_a_request_is_handed_to_a_consumer_in_another_process(
@@ -274,7 +259,7 @@ async def test_an_unclaimed_handoff_goes_to_the_durable_queue(brokers: list[Nats
     async def queued() -> bool:
         return await sender.depth("cfo") == 1
 
-    await until(queued, 10, "the unclaimed handoff in the queue")
+    await eventually(queued, 10, "the unclaimed handoff in the queue")
     [delivery] = await sender.receive("cfo", 10, 30)
     assert (delivery.message_id, delivery.body, delivery.attempts) == ("m1", b'{"x":1}', 1)
     assert delivery.priority == 1
@@ -328,7 +313,7 @@ async def test_close_puts_taken_handoffs_back_in_the_queue(brokers: list[NatsBro
         asyncio.create_task(sender.hand_off(Envelope("cfo", f"m{i}", 2, b"{}"), wait=1.0))
         for i in range(2)
     ]
-    await until(lambda: consumer.handoffs_taken == 2, 5, "both handoffs taken")
+    await eventually(lambda: consumer.handoffs_taken == 2, 5, "both handoffs taken")
     [held] = await consumer.receive("cfo", 1, 30)  # one received, one still waiting
     assert held.message_id in ("m0", "m1")
     await consumer.close()

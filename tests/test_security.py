@@ -8,7 +8,7 @@ import json
 import os
 import sqlite3
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from AgentOperatingSystem.messaging.security import (
 )
 from AgentOperatingSystem.messaging.types import Message, MessagePriority, MessageType
 from AgentOperatingSystem.storage.manager import StorageManager
+from tests.support.waiting import eventually
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -55,13 +56,6 @@ def mem_config(tmp_path: Path, **kw: Any) -> MessageBusConfig:
 def sqlite_config(tmp_path: Path, name: str = "bus", **kw: Any) -> MessageBusConfig:
     kw.setdefault("data_dir", str(tmp_path / f"{name}-data"))
     return MessageBusConfig(broker_url=f"sqlite:///{tmp_path}/messages.db", **kw)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    """Wait until ``check()`` is true (polls; fails after ``timeout``)."""
-    async with asyncio.timeout(timeout):
-        while not await check():  # noqa: ASYNC110 - polling another task's effect
-            await asyncio.sleep(0.005)
 
 
 async def next_item(queue: asyncio.Queue[Message], timeout: float = 10.0) -> Message:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 import pytest
 
@@ -42,6 +42,7 @@ from AgentOperatingSystem.messaging.sqlfilter import (
     TrueFilter,
 )
 from AgentOperatingSystem.messaging.types import Message, MessagePriority, MessageType
+from tests.support.waiting import eventually
 
 ALL = ["memory", "sqlite", pytest.param("nats", marks=pytest.mark.nats)]
 LOCAL = ["memory", "sqlite"]
@@ -85,19 +86,6 @@ async def timed(local_url: str, clock: ManualClock) -> AsyncIterator[ServiceBusM
     manager = ServiceBusManager(connection_string=local_url, clock=clock, poll_interval=0.02)
     yield manager
     await manager.close()
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        assert loop.time() < end, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def drain(

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import tempfile
 import time
 from typing import Any
@@ -37,7 +36,7 @@ from tests.support.nats_server import NatsServer
 from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.types import Message, MessageType
-from benchmarks.common import countdown, p50, result, task_messages
+from benchmarks.common import Child, countdown, p50, result, task_messages
 
 PAYLOAD_SIZE = 300  # about the size of a small encoded AOS envelope
 
@@ -116,40 +115,17 @@ async def _bus_throughput(url: str, n: int, publishers: int = 100, batch: int = 
     return n / elapsed
 
 
-class _Responder:
-    """``benchmarks/responder.py`` in a child process (started by ``async with``, stopped
-    by closing its stdin, then by PID)."""
-
-    def __init__(self, kind: str, url: str, name: str) -> None:
-        self.args = [sys.executable, "-m", "benchmarks.responder", kind, url, name]
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def __aenter__(self) -> _Responder:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
-        )
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
-        if line.strip() != b"ready":
-            raise RuntimeError(f"responder did not start: {line!r}")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        proc = self.proc
-        assert proc is not None and proc.stdin is not None
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+def _responder(kind: str, url: str, name: str) -> Child:
+    """``benchmarks/responder.py`` in a child process (it prints ``ready``)."""
+    return Child("benchmarks.responder", kind, url, name)
 
 
 async def _raw_core_request(url: str, rounds: int) -> float:
     """Raw nats-py request/reply, the responder in another process."""
     nc = await nats.connect(url)
     subject = f"bench.{os.urandom(4).hex()}"
-    async with _Responder("raw", url, subject):
+    async with _responder("raw", url, subject) as child:
+        assert child.line == "ready", child.line
         samples = []
         for i in range(rounds + 5):
             t = time.perf_counter()
@@ -205,7 +181,8 @@ async def _bus_request(url: str, rounds: int, *, direct: bool = True) -> float:
     every request (no handoff)."""
     bus_url = f"{url}?namespace={_ns()}"
     cfg = MessageBusConfig(broker_url=bus_url, storage_url="memory://", direct_requests=direct)
-    async with MessageBus(cfg) as bus, _Responder("bus", bus_url, "cfo"):
+    async with MessageBus(cfg) as bus, _responder("bus", bus_url, "cfo") as child:
+        assert child.line == "ready", child.line
         samples = []
         for i in range(rounds + 5):
             t = time.perf_counter()

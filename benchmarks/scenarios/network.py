@@ -17,7 +17,6 @@ neighbour hurts both alike.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from typing import Any
 
@@ -30,7 +29,7 @@ from AgentOperatingSystem.messaging.envelope import encode
 from AgentOperatingSystem.messaging.network_protocol import NetworkProtocol
 from AgentOperatingSystem.messaging.types import Message, MessageType
 from AgentOperatingSystem.storage.manager import StorageManager
-from benchmarks.common import p50, result
+from benchmarks.common import Child, p50, result
 
 SECRET = "benchmark-secret-0123456789abcdef"
 CONCURRENCY = 16
@@ -44,36 +43,6 @@ def _message(i: int) -> Message:
         recipient_id="sink",
         content={**PAYLOAD, "i": i},
     )
-
-
-class _Peer:
-    """``benchmarks/http_peer.py`` in a child process: the receiving end (raw or a node)."""
-
-    def __init__(self, *args: str) -> None:
-        self.args = [sys.executable, "-m", "benchmarks.http_peer", *args]
-        self.proc: asyncio.subprocess.Process | None = None
-        self.url = ""
-
-    async def __aenter__(self) -> _Peer:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
-        )
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
-        self.url = line.decode().strip()
-        if not self.url.startswith("http://"):
-            raise RuntimeError(f"peer did not start: {line!r}")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        proc = self.proc
-        assert proc is not None and proc.stdin is not None
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 async def _raw_throughput(session: aiohttp.ClientSession, url: str, bodies: list[bytes]) -> float:
@@ -143,12 +112,15 @@ async def run(quick: bool) -> list[dict[str, Any]]:
     best: dict[str, float] = {"raw_tp": 0.0, "node_tp": 0.0}
     lat: dict[str, float] = {"raw": float("inf"), "node": float("inf")}
     try:
-        async with _Peer("raw") as raw_peer, _Peer("node", SECRET) as node_peer:
-            raw_url = raw_peer.url + "/ingest"
+        async with (
+            Child("benchmarks.http_peer", "raw") as raw_peer,
+            Child("benchmarks.http_peer", "node", SECRET) as node_peer,
+        ):
+            raw_url = raw_peer.line + "/ingest"
             async with MessageBus(bus_cfg) as bus_a:
                 sender = NetworkProtocol(config, bus_a, storage=storage)
                 async with sender:
-                    await sender.register_agent("sink", node_peer.url, capabilities=["bench"])
+                    await sender.register_agent("sink", node_peer.line, capabilities=["bench"])
                     warm = [_message(i) for i in range(200)]
                     await _node_throughput(sender, warm)
                     await _raw_throughput(raw_session, raw_url, [encode(m) for m in warm])

@@ -17,6 +17,7 @@ import pytest
 from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.clock import SYSTEM_CLOCK, Clock, ManualClock
+from tests.support.waiting import eventually
 
 ENGINES = ["memory", "sqlite", "nats"]
 
@@ -60,17 +61,7 @@ class Harness:
 
     async def eventually(self, predicate: Any, timeout: float = 10.0) -> None:
         """Wait (real time, bounded) until ``predicate()`` (sync or async) is true."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            value = predicate()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return
-            if loop.time() > deadline:
-                raise AssertionError("condition not reached in time")
-            await asyncio.sleep(0.01)
+        await eventually(predicate, timeout)
 
 
 @pytest.fixture(params=ENGINES)

@@ -300,29 +300,27 @@ def decode(
     Encrypted content is opened with ``keys(key_id)``; :class:`DecryptionError` when no key
     opens it.
     """
-    if not isinstance(body, (bytes, bytearray, memoryview)):
-        raise DecodeError(f"envelope must be bytes, not {type(body).__name__}")
-    if len(body) > max_bytes:
-        raise DecodeError(f"envelope is {len(body)} bytes; max_message_bytes is {max_bytes}")
-    try:
-        event = _loads(bytes(body))
-    except (ValueError, RecursionError) as exc:
-        raise DecodeError(f"envelope is not JSON: {exc}") from exc
+    event = _parse(body, max_bytes, "envelope", "max_message_bytes")
     return decode_event(event, max_bytes=max_bytes, keys=keys)
+
+
+def _parse(body: bytes, max_bytes: int, what: str, limit_name: str) -> Any:
+    """Strict JSON of at most ``max_bytes`` bytes, or :class:`DecodeError`."""
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise DecodeError(f"{what} must be bytes, not {type(body).__name__}")
+    if len(body) > max_bytes:
+        raise DecodeError(f"{what} is {len(body)} bytes; {limit_name} is {max_bytes}")
+    try:
+        return _loads(bytes(body))
+    except (ValueError, RecursionError) as exc:
+        raise DecodeError(f"{what} is not JSON: {exc}") from exc
 
 
 def decode_batch(body: bytes, *, max_bytes: int = 1024 * 1024) -> list[Any]:
     """Parse a CloudEvents JSON batch (``application/cloudevents-batch+json``: a JSON array
     of events) into its events, each to be checked with :func:`decode_event`; raise
     :class:`DecodeError` when the body is not such an array."""
-    if not isinstance(body, (bytes, bytearray, memoryview)):
-        raise DecodeError(f"batch must be bytes, not {type(body).__name__}")
-    if len(body) > max_bytes:
-        raise DecodeError(f"batch is {len(body)} bytes; the limit is {max_bytes}")
-    try:
-        events = _loads(bytes(body))
-    except (ValueError, RecursionError) as exc:
-        raise DecodeError(f"batch is not JSON: {exc}") from exc
+    events = _parse(body, max_bytes, "batch", "the limit")
     if not isinstance(events, list):
         raise DecodeError("a CloudEvents batch must be a JSON array")
     return events
