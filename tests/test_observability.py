@@ -9,7 +9,6 @@ import re
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -33,6 +32,7 @@ from AgentOperatingSystem.messaging.observability import (
     metrics,
 )
 from AgentOperatingSystem.messaging.types import Message, MessageType
+from tests.support.waiting import eventually
 
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
@@ -57,14 +57,6 @@ def parse_prometheus(text: str) -> dict[str, float]:
         assert m, f"not a sample line: {line!r}"
         out[f"{m.group(1)}{m.group(2) or ''}"] = float(m.group(3))
     return out
-
-
-async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def tracer() -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -148,7 +140,7 @@ async def test_counters_and_latency_follow_the_messages() -> None:
         async def acked() -> bool:
             return tel.series_value("worker", "task", "acked") == 3
 
-        await wait_for(acked)
+        await eventually(acked, 5.0)
         assert tel.series_value("worker", "task", "delivered") == 3
         samples = parse_prometheus(tel.render())
         labels = 'agent="worker",message_type="task"'
@@ -200,7 +192,7 @@ async def test_metrics_only_counts_exactly_and_samples_timings() -> None:
         async def acked() -> bool:
             return tel.series_value("worker", "task", "acked") == 32
 
-        await wait_for(acked)
+        await eventually(acked, 5.0)
         samples = parse_prometheus(tel.render())
         labels = 'agent="worker",message_type="task"'
         assert samples[f"message_bus_messages_published_total{{{labels}}}"] == 32
@@ -234,7 +226,7 @@ async def test_failures_nacks_dead_letters_and_expiry_are_counted() -> None:
         async def dead() -> bool:
             return tel.series_value("fragile", "task", "dead_lettered") == 1
 
-        await wait_for(dead)
+        await eventually(dead, 5.0)
         assert tel.series_value("fragile", "task", "errors") == 1
         assert tel.series_value("fragile", "task", "acked") == 0
 
@@ -307,7 +299,7 @@ async def test_metrics_endpoint_counters_move_as_messages_flow() -> None:
                 s = await scrape()
                 return s[f"message_bus_messages_acked_total{{{labels}}}"] == 4
 
-            await wait_for(settled)
+            await eventually(settled, 5.0)
             after = await scrape()
             assert after[f"message_bus_messages_delivered_total{{{labels}}}"] == 4
             assert after['message_bus_queue_depth{agent="inbox"}'] == 0
@@ -364,7 +356,7 @@ async def test_spans_link_publisher_and_handler_with_string_attributes() -> None
         async def four() -> bool:
             return len(exporter.get_finished_spans()) >= 4
 
-        await wait_for(four)
+        await eventually(four, 5.0)
     spans = exporter.get_finished_spans()
     publish = _by_name(spans, "publish worker")
     process = _by_name(spans, "process worker")
@@ -416,7 +408,7 @@ async def _error_span_through(url: str) -> None:
         async def dead() -> bool:
             return await bus.dead_letter_depth("fragile") == 1
 
-        await wait_for(dead)
+        await eventually(dead, 5.0)
     # The message went through the engine as bytes and still carried its context.
     assert TRACEPARENT.match(got[0].metadata[TRACEPARENT_KEY])
     assert http_trace_headers(got[0])["traceparent"] == got[0].metadata[TRACEPARENT_KEY]
@@ -527,7 +519,7 @@ async def test_one_trace_spans_a_request_across_two_processes(tmp_path: Path) ->
         async def reply_span() -> bool:
             return any(s.name == "process _reply" for s in exporter.get_finished_spans())
 
-        await wait_for(reply_span)
+        await eventually(reply_span, 5.0)
     child = {s["name"]: s for s in json.loads(out.read_text())}
     parent = exporter.get_finished_spans()
     request = _by_name(parent, "publish cfo_agent")
@@ -588,7 +580,7 @@ async def test_trace_context_crosses_http_between_nodes() -> None:
             async def processed() -> bool:
                 return any(s.name == "process remote_cfo" for s in exporter.get_finished_spans())
 
-            await wait_for(processed)
+            await eventually(processed, 5.0)
     await storage.close()
     spans = exporter.get_finished_spans()
     by_id = {s.context.span_id: s for s in spans}
@@ -651,7 +643,7 @@ async def test_batched_counts_stay_exact_per_type_in_a_mixed_batch() -> None:
                 + tel.series_value("mixed", "command", "acked")
             ) == len(kinds)
 
-        await wait_for(acked)
+        await eventually(acked, 5.0)
         assert tel.series_value("mixed", "task", "acked") == 4
         assert tel.series_value("mixed", "command", "acked") == 3
         assert tel.series_value("mixed", "task", "delivered") == 4

@@ -86,6 +86,7 @@ from AgentOperatingSystem.messaging.sqlfilter import (
     parse_filter,
 )
 from AgentOperatingSystem.messaging.types import Message, MessagePriority, MessageType
+from tests.support.waiting import eventually
 
 CONNECTION_STRING = (
     "Endpoint=sb://aos-fake.servicebus.windows.net/;"
@@ -717,14 +718,11 @@ async def test_spec_3_5_examples_on_azure(azure: Azure) -> None:
             await service_bus.complete_message(message)
 
     task = asyncio.create_task(example())
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 10
-    while not (
-        processed
-        and not azure.ns.subscriptions[("agent_events", "orchestrator_subscription")].active
-    ):
-        assert loop.time() < end
-        await asyncio.sleep(0.01)
+    await eventually(
+        lambda: processed
+        and not azure.ns.subscriptions[("agent_events", "orchestrator_subscription")].active,
+        10,
+    )
     [got] = processed
     assert got.content == {
         "event_type": "task_completed",

@@ -19,6 +19,7 @@ import pytest
 from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.types import Message, MessagePriority, MessageType
+from tests.support.waiting import eventually
 
 logger = logging.getLogger("spec-examples")
 
@@ -38,14 +39,6 @@ async def message_bus(data_dir: Path) -> AsyncIterator[MessageBus]:
     await bus.start()
     yield bus
     await bus.stop()
-
-
-async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < end, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 async def test_3_1_initialization_on_the_embedded_default(data_dir: Path) -> None:
@@ -110,7 +103,7 @@ async def test_3_1_publish_subscribe_queue_and_request(message_bus: MessageBus) 
             content={"q": "strategy?"},
         )
     )
-    await wait_for(lambda: len(processed) == 2)
+    await eventually(lambda: len(processed) == 2)
     assert processed[1].content == {"q": "strategy?"}
 
     # 4. Request-Response Pattern
@@ -214,7 +207,7 @@ async def test_4_1_publish_subscribe(message_bus: MessageBus) -> None:
 
     # Subscribers automatically receive the message
     # Multiple subscribers can listen to the same event
-    await wait_for(lambda: all(heard.values()))
+    await eventually(lambda: all(heard.values()))
     assert heard == {
         "cfo_agent": ["quarterly_report_ready"],
         "ceo_agent": ["quarterly_report_ready"],
@@ -251,7 +244,7 @@ async def test_4_3_command(message_bus: MessageBus) -> None:
         recipient_id="agent_id", command="execute_task", parameters={"task_id": "task_001"}
     )
 
-    await wait_for(lambda: commands)
+    await eventually(lambda: commands)
     assert commands == [{"command": "execute_task", "parameters": {"task_id": "task_001"}}]
 
 
@@ -272,7 +265,7 @@ async def test_4_4_event_streaming(message_bus: MessageBus) -> None:
             await handle_event(event)
 
     task = asyncio.create_task(consumer())
-    await wait_for(
+    await eventually(
         lambda: message_bus._streams and all(s.ready.is_set() for s in message_bus._streams)
     )
     for name in ("task_started", "task_completed", "agent_status_changed"):
@@ -415,7 +408,7 @@ async def test_6_2_dead_letter_queue(
         "ConnectionError: downstream unavailable"
         in dlq_messages[0].metadata["aos.dead_letter.error"]
     )
-    await wait_for(lambda: handled == [sent.message_id])
+    await eventually(lambda: handled == [sent.message_id])
     assert await message_bus.dead_letter_depth("ceo_agent") == 0
 
 
