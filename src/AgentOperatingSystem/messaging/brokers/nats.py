@@ -699,13 +699,12 @@ class NatsBroker:
         if H_INFO not in headers:  # "0", "1", or a status (503: no consumer anywhere)
             return bool(answer.data == b"1")
         # the consumer answered at once: the response itself
-        handler = self._direct_listeners.get(reply_queue) if reply_queue is not None else None
-        if handler is None or not await self._take_direct(handler, str(reply_queue), answer.data):
-            if reply_queue is not None:  # refused (or nobody listens): store it, lose nothing
-                rinfo = _Info.decode(headers.get(H_INFO))
-                await self.send(
-                    [Envelope(reply_queue, rinfo.message_id, rinfo.priority, answer.data)]
-                )
+        if reply_queue is None:
+            return True  # the caller asked for no answer (the bus always names its queue)
+        handler = self._direct_listeners.get(reply_queue)
+        if handler is None or not await self._take_direct(handler, reply_queue, answer.data):
+            rinfo = _Info.decode(headers.get(H_INFO))  # refused or nobody listens: store it
+            await self.send([Envelope(reply_queue, rinfo.message_id, rinfo.priority, answer.data)])
         return True
 
     def _take_handoff(
@@ -770,7 +769,6 @@ class NatsBroker:
                     handoff = watch.handoffs.popleft()
                     try:
                         await self._requeue(handoff, prior=0)
-                        await self._confirm(handoff)
                     except MessagingError:
                         watch.handoffs.appendleft(handoff)  # kept; tried again later
                         _log.warning("could not queue an unclaimed handoff; retrying later")
@@ -787,7 +785,8 @@ class NatsBroker:
         self, handoff: _Handoff, *, prior: int, delay: float = 0.0, error: str | None = None
     ) -> None:
         """Store a handed-off message in its queue (the durable way), ``prior`` attempts
-        already made, available after ``delay`` seconds."""
+        already made, available after ``delay`` seconds; then tell its sender, if it still
+        waits, that the answer comes the usual way."""
         old = handoff.info
         available = self._clock.now() + delay if delay > 0 else old.available_at
         info = _Info(old.priority, old.enqueued_at, available, old.expires_at, old.message_id)
@@ -805,24 +804,25 @@ class NatsBroker:
             self._schedule_wake(handoff.queue, delay, old.priority)
         else:
             await self._notify(handoff.queue, old.priority)
+        await self._confirm(handoff)
 
     async def _requeue_handoffs(self) -> None:
         """At close: every handoff taken and not settled goes to the durable queue."""
-        pending: list[tuple[_Handoff, int]] = [(h, 0) for h in self._handed.values()]
+        pending = list(self._handed.values())
         self._handed.clear()
         for watch in self._watches.values():
-            pending += [(h, 0) for h in watch.handoffs]
+            pending += watch.handoffs
             watch.handoffs.clear()
-        for handoff, prior in pending:
+        for handoff in pending:
             try:
-                await self._requeue(handoff, prior=prior)
+                await self._requeue(handoff, prior=0)
             except Exception:
                 _log.exception(
                     "could not queue handed-off message %s of %s at close",
                     handoff.info.message_id,
                     handoff.queue,
                 )
-        for handoff in list(self._awaiting.values()):
+        for handoff in list(self._awaiting.values()):  # settled, or not stored just now
             await self._confirm(handoff)
         if self._confirms:
             await asyncio.gather(*self._confirms, return_exceptions=True)
@@ -1467,7 +1467,7 @@ class NatsBroker:
             return []
         watch = self._watches.get(queue)
         if watch is not None:
-            watch.active_at = time.monotonic()
+            watch.active_at = time.monotonic()  # a consumer at work (see _take_handoff)
         if watch is not None and watch.handoffs:
             # handed off while the queue was empty: no pull needed (that is their point)
             handoffs = watch.handoffs
@@ -1505,8 +1505,8 @@ class NatsBroker:
                     break
             if len(out) >= max_messages:
                 break
-        watch = self._watches.get(queue)
-        if watch is not None:  # (created by the first receive)
+        watch = self._watches.get(queue)  # again: the first receive creates it
+        if watch is not None:
             watch.drained = len(out) < max_messages
             watch.active_at = time.monotonic()
         return out
@@ -1701,7 +1701,6 @@ class NatsBroker:
             if handoff is None:
                 return False
             await self._requeue(handoff, prior=1, delay=delay, error=error)
-            await self._confirm(handoff)  # the answer, if any, comes the usual way now
             return True
         held = self._take(queue, settlement)
         if held is None:
