@@ -1028,17 +1028,18 @@ class ConnectionPool:
                 lane.wake()
         return item.future.result()
 
+    async def _post_one(self, url: URL, message: Message, body: bytes) -> tuple[int, bytes, int]:
+        """One message in a request of its own (retries and the node's circuit included)."""
+        return await self.exchange(
+            "POST", url, body, what=f"message {message.message_id} to {message.recipient_id!r}"
+        )
+
     async def _send_batch(self, target: str, url: URL, batch: list[_Pending]) -> None:
         """One request for ``batch``; sets every item's result (or error)."""
         if len(batch) == 1:
             only = batch[0]
             try:
-                result = await self.exchange(
-                    "POST",
-                    url,
-                    only.body,
-                    what=f"message {only.message.message_id} to {only.message.recipient_id!r}",
-                )
+                result = await self._post_one(url, only.message, only.body)
             except NetworkError as exc:
                 only.future.set_exception(exc)
             else:
@@ -1058,20 +1059,19 @@ class ConnectionPool:
                 p.future.set_exception(_clone(exc))
             return
         if status == 413:  # the node takes smaller requests than we do: one by one
-            for p in batch:
-                await self._send_batch(target, url, [p])
-            return
-        results = _batch_results(payload, len(batch)) if status == 200 else None
-        if results is None:  # the whole request was refused (401, 400, ...): say so to each
-            for p in batch:
-                p.future.set_result((status, payload, attempts))
-            return
-        again: list[_Pending] = []
-        for p, (item_status, item_payload) in zip(batch, results):
-            if item_status >= 500 or item_status == 429:
-                again.append(p)  # transient for this message: alone, with the retries
-            else:
-                p.future.set_result((item_status, item_payload, attempts))
+            again = batch
+        else:
+            results = _batch_results(payload, len(batch)) if status == 200 else None
+            if results is None:  # the whole request was refused (401, 400, ...): tell each
+                for p in batch:
+                    p.future.set_result((status, payload, attempts))
+                return
+            again = []
+            for p, (item_status, item_payload) in zip(batch, results):
+                if item_status >= 500 or item_status == 429:
+                    again.append(p)  # transient for this message: alone, with the retries
+                else:
+                    p.future.set_result((item_status, item_payload, attempts))
         if again:
             await asyncio.gather(*(self._send_batch(target, url, [p]) for p in again))
 
@@ -1134,9 +1134,7 @@ class ConnectionPool:
             if lane.inflight < self.config.batch_after and not lane.pending:
                 lane.inflight += 1
                 try:
-                    status, payload, attempts = await self.exchange(
-                        "POST", url, body, what=f"message {message.message_id} to {recipient!r}"
-                    )
+                    status, payload, attempts = await self._post_one(url, message, body)
                 finally:
                     lane.inflight -= 1
                     lane.wake()
