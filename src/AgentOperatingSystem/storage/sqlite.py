@@ -311,11 +311,7 @@ class SQLiteStorageBackend:
         """Append and return the new entry's sequence number."""
 
         def op(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT COALESCE(MAX(seq), 0) FROM aos_log WHERE ns = ? AND stream = ?",
-                (ns, stream),
-            ).fetchone()
-            seq = int(row[0]) + 1
+            seq = _last_seq(conn, ns, stream) + 1
             conn.execute(
                 "INSERT INTO aos_log (ns, stream, seq, value) VALUES (?, ?, ?, ?)",
                 (ns, stream, seq, text),
@@ -341,11 +337,7 @@ class SQLiteStorageBackend:
         """Return the number of entries."""
 
         def op(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT COALESCE(MAX(seq), 0) FROM aos_log WHERE ns = ? AND stream = ?",
-                (ns, stream),
-            ).fetchone()
-            return int(row[0])
+            return _last_seq(conn, ns, stream)
 
         return await self._run(self._read("log_length", op))
 
@@ -369,3 +361,11 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
+
+
+def _last_seq(conn: sqlite3.Connection, ns: str, stream: str) -> int:
+    """The highest sequence number of a log (0 when empty): its length."""
+    row = conn.execute(
+        "SELECT COALESCE(MAX(seq), 0) FROM aos_log WHERE ns = ? AND stream = ?", (ns, stream)
+    ).fetchone()
+    return int(row[0])
