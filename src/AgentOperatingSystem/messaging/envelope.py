@@ -77,9 +77,15 @@ class EncodeOptions:
     encryption_key: bytes | None = None
 
 
+# Built once: ``json.dumps`` with non-default arguments builds an encoder on every call,
+# which costs as much as encoding a small envelope.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
 def _dumps(value: Any) -> str:
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidMessageError(f"message is not JSON-serialisable: {exc}") from exc
 
@@ -91,9 +97,7 @@ def _utf8(value: Any) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode(
-            "ascii"
-        )
+        return _ASCII_ENCODER.encode(value).encode("ascii")
 
 
 def _reject_constant(name: str) -> Any:
