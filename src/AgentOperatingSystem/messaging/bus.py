@@ -526,18 +526,20 @@ class MessageBus:
         messages, ``PermissionDeniedError`` when access control refuses, ``RoutingError`` when
         a non-event names no recipient and no rule routes it.
         """
-        if not options and type(message) is Message:
-            fast = self._fast_put
-            if (
-                fast is not None
-                and message.recipient_id is not None
-                and message.ttl is None
-                and self._running
-                and not self._security_flags()
-                and _current.get() is None
-            ):
+        if (
+            not options
+            and type(message) is Message
+            and message.recipient_id is not None
+            and message.ttl is None
+            and self._running
+            and not self._security_flags()
+            and _current.get() is None
+        ):
+            if self._fast_put is not None:
                 self._put_fast(message.recipient_id, message)
                 return PublishResult(message.message_id, (message.recipient_id,))
+            if self.telemetry is None and self.broker.needs_bytes:
+                return await self._publish_plain(message.recipient_id, message)
         self._check()
         given: dict[str, Any] = dict(options)
         if "message" in given:
@@ -561,6 +563,24 @@ class MessageBus:
         )
         available_at = self._available_at(given.get("delay"), given.get("deliver_at"))
         return (await self._publish_many([(msg, opts)], seal, available_at))[0]
+
+    async def _publish_plain(self, queue: str, message: Message) -> PublishResult:
+        """A plain message (no options, no TTL, one recipient, nothing to sign, no
+        telemetry) on an engine that stores bytes: what :meth:`_publish_many` does for it,
+        without the general path's per-call set-up."""
+        config = self.config
+        env = Envelope(
+            queue,
+            message.message_id,
+            message.priority._value_,
+            encode(message, DEFAULT_OPTIONS, None, max_bytes=config.max_message_bytes),
+        )
+        ok = (
+            await self.broker.send(
+                (env,), max_depth=config.max_queue_size, dedup_window=config.dedup_window_seconds
+            )
+        )[0]
+        return PublishResult(message.message_id, (queue,) if ok else (), duplicate=not ok)
 
     def _put_fast(self, queue: str, message: Message) -> None:
         """The in-process engine's fast path (a plain message, nothing to encode), with its
