@@ -97,7 +97,7 @@ def parse_sqlite_url(url: str) -> tuple[Path, dict[str, str]]:
 
 
 class _Op:
-    __slots__ = ("args", "error", "fn", "future", "result")
+    __slots__ = ("args", "error", "fn", "future", "plain", "result")
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], future: asyncio.Future[Any]):
         self.fn = fn
@@ -105,6 +105,9 @@ class _Op:
         self.future = future
         self.result: Any = None
         self.error: BaseException | None = None
+        #: set for a send without dedup keys: (envelopes, now, max_depth); consecutive ones
+        #: are inserted together (see ``SqliteBroker._insert_plain``)
+        self.plain: tuple[Sequence[Envelope], float, int | None] | None = None
 
 
 class SqliteBroker:
@@ -251,8 +254,18 @@ class SqliteBroker:
         # Optimistic: run the whole group in one go; ops almost never fail. When one does,
         # undo the group and run each op in its own savepoint so only that op fails.
         try:
-            for op in group:
+            i, n = 0, len(group)
+            while i < n:
+                op = group[i]
+                if op.plain is not None and i + 1 < n and group[i + 1].plain is not None:
+                    j = i + 2
+                    while j < n and group[j].plain is not None:
+                        j += 1
+                    self._insert_plain(conn, group[i:j])
+                    i = j
+                    continue
                 op.result = op.fn(conn, *op.args)
+                i += 1
         except BaseException:
             conn.execute("ROLLBACK")
             if not self._begin(conn, group):
@@ -285,14 +298,21 @@ class SqliteBroker:
                 op.error = err
                 op.result = None
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _call(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        plain: tuple[Sequence[Envelope], float, int | None] | None = None,
+    ) -> T:
         if self._closed:
             raise BrokerClosedError("the sqlite engine is closed")
         if self._thread is None:
             await self.start()
         assert self._loop is not None
         fut: asyncio.Future[T] = self._loop.create_future()
-        self._ops.put(_Op(fn, args, fut))
+        op = _Op(fn, args, fut)
+        op.plain = plain
+        self._ops.put(op)
         return await fut
 
     # ---------------------------------------------------------------- operations
@@ -329,19 +349,7 @@ class SqliteBroker:
                     (key, now + dedup_window),
                 )
             try:
-                conn.execute(
-                    "INSERT INTO messages(queue, id, priority, body, visible_at, expires_at,"
-                    " enqueued_at) VALUES (?,?,?,?,?,?,?)",
-                    (
-                        env.queue,
-                        env.message_id,
-                        env.priority,
-                        env.body,
-                        env.available_at,
-                        env.expires_at,
-                        now,
-                    ),
-                )
+                conn.execute(_INSERT, _row(env, now))
             except sqlite3.IntegrityError as exc:
                 raise DuplicateMessageError(
                     f"message {env.message_id} is already in queue {env.queue!r}"
@@ -349,20 +357,30 @@ class SqliteBroker:
             added[env.queue] = added.get(env.queue, 0) + 1
             results.append(True)
         for name, n in added.items():
-            conn.execute(
-                "INSERT INTO depths(queue, depth) VALUES (?, ?) "
-                "ON CONFLICT(queue) DO UPDATE SET depth = depth + excluded.depth",
-                (name, n),
-            )
-            if max_depth is not None:
-                depth = conn.execute("SELECT depth FROM depths WHERE queue=?", (name,)).fetchone()[
-                    0
-                ]
-                if depth > max_depth:
-                    raise QueueFullError(
-                        f"queue {name!r} is full ({max_depth} messages); publish refused"
-                    )
+            _add_depth(conn, name, n, max_depth)
         return results
+
+    def _insert_plain(self, conn: sqlite3.Connection, ops: Sequence[_Op]) -> None:
+        """Consecutive sends without dedup keys in one statement, each queue's depth updated
+        and checked once. Any failure (a duplicate id, a full queue) raises, and the group is
+        then re-run op by op, each in its own savepoint, so each send gets its own result."""
+        rows: list[tuple[Any, ...]] = []
+        added: dict[str, int] = {}
+        limits: dict[str, int] = {}
+        for op in ops:
+            assert op.plain is not None
+            envelopes, now, max_depth = op.plain
+            for env in envelopes:
+                q = env.queue
+                rows.append(_row(env, now))
+                added[q] = added.get(q, 0) + 1
+                if max_depth is not None:
+                    limits[q] = min(limits.get(q, max_depth), max_depth)
+            op.result = [True] * len(envelopes)
+        self._sweep(conn, ops[0].plain[1])  # type: ignore[index]
+        conn.executemany(_INSERT, rows)
+        for name, count in added.items():
+            _add_depth(conn, name, count, limits.get(name))
 
     def _sweep(self, conn: sqlite3.Connection, now: float) -> None:
         if now - self._last_sweep >= 30.0:
@@ -384,7 +402,12 @@ class SqliteBroker:
             self._sweep(conn, now)
             return self._insert(conn, envelopes, now, max_depth, dedup_window)
 
-        result = await self._call(op)
+        plain = None
+        if dedup_window <= 0 or all(e.dedup_key is None for e in envelopes):
+            if any(e.body is None for e in envelopes):
+                raise BrokerError("the sqlite engine needs encoded envelopes (body)")
+            plain = (envelopes, now, max_depth)
+        result = await self._call(op, plain=plain)
         self._notify(sorted({e.queue for e in envelopes}))
         return result
 
@@ -708,6 +731,37 @@ class SqliteBroker:
         if thread is not None:
             self._ops.put(None)
             await asyncio.to_thread(thread.join)
+
+
+_INSERT = (
+    "INSERT INTO messages(queue, id, priority, body, visible_at, expires_at, enqueued_at)"
+    " VALUES (?,?,?,?,?,?,?)"
+)
+
+
+def _row(env: Envelope, now: float) -> tuple[Any, ...]:
+    return (
+        env.queue,
+        env.message_id,
+        env.priority,
+        env.body,
+        env.available_at,
+        env.expires_at,
+        now,
+    )
+
+
+def _add_depth(conn: sqlite3.Connection, queue: str, added: int, limit: int | None) -> None:
+    """Count ``added`` messages into the queue's depth; over ``limit``, refuse them all."""
+    conn.execute(
+        "INSERT INTO depths(queue, depth) VALUES (?, ?) "
+        "ON CONFLICT(queue) DO UPDATE SET depth = depth + excluded.depth",
+        (queue, added),
+    )
+    if limit is not None:
+        depth = conn.execute("SELECT depth FROM depths WHERE queue=?", (queue,)).fetchone()[0]
+        if depth > limit:
+            raise QueueFullError(f"queue {queue!r} is full ({limit} messages); publish refused")
 
 
 class _Rollback(MessagingError):
