@@ -37,7 +37,12 @@ from AgentOperatingSystem.messaging.envelope import (
     decode,
     encode,
 )
-from AgentOperatingSystem.messaging.errors import DecodeError, DecryptionError, UnknownMessageError
+from AgentOperatingSystem.messaging.errors import (
+    DecodeError,
+    DecryptionError,
+    InvalidMessageError,
+    UnknownMessageError,
+)
 from AgentOperatingSystem.messaging.policy import DeliveryOptions, RetryPolicy
 from AgentOperatingSystem.messaging.security import (
     NS_PUBLIC_KEYS,
@@ -493,6 +498,30 @@ def test_non_finite_numbers_are_refused() -> None:
     ):
         with pytest.raises(DecodeError):
             decode(body, max_bytes=LIMIT)
+
+
+def test_content_that_is_not_json_is_refused_at_encode_and_the_encoder_recovers() -> None:
+    cyclic: dict[str, Any] = {}
+    cyclic["self"] = cyclic
+    for content in ({"x": float("nan")}, {"x": float("-inf")}, {"x": object()}, cyclic):
+        with pytest.raises(InvalidMessageError, match="not JSON-serialisable"):
+            encode(Message(message_type=MessageType.TASK, content=content))
+    # the encoder is made once and reused: a failure part-way leaves nothing behind
+    nested = {"a": [{"b": 1}], "c": {"d": [1.5, "é", None, True]}}
+    out = Message(message_type=MessageType.TASK, content=nested)
+    assert decode(encode(out))[0].content == nested
+
+
+def test_envelopes_in_utf16_or_with_a_bom_still_decode() -> None:
+    out = Message(message_type=MessageType.TASK, content={"text": "héllo"})
+    text = encode(out).decode("utf-8")
+    for body in (
+        b"\xef\xbb\xbf" + text.encode("utf-8"),
+        text.encode("utf-16-le"),
+        text.encode("utf-16-be"),
+        text.encode("utf-32"),
+    ):
+        assert decode(body, max_bytes=LIMIT)[0] == out
 
 
 # ----------------------------------------------------------------------------- consumers

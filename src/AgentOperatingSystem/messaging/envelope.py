@@ -83,9 +83,33 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 _ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
+def _c_encoder() -> Callable[[Any], str]:
+    """The C encoder behind ``_ENCODER``, made once: ``JSONEncoder.encode`` makes a new one
+    per call. It runs without the circular-reference record (a cycle ends in
+    ``RecursionError`` instead, reported the same way); where CPython's accelerator is
+    missing, ``_ENCODER.encode`` is used."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython always has it
+        return _ENCODER.encode
+    # markers, default, encode_str, indent, key_sep, item_sep, sort_keys, skipkeys, allow_nan
+    chunks = make(
+        None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+
+    def encode(value: Any) -> str:
+        if isinstance(value, str):
+            return _ENCODER.encode(value)
+        return "".join(chunks(value, 0))
+
+    return encode
+
+
+_encode_json = _c_encoder()
+
+
 def _dumps(value: Any) -> str:
     try:
-        return _ENCODER.encode(value)
+        return _encode_json(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidMessageError(f"message is not JSON-serialisable: {exc}") from exc
 
@@ -118,7 +142,10 @@ def _loads(data: str | bytes) -> Any:
     """Strict JSON: no NaN/Infinity, no numbers that overflow to infinity. Raises
     ``ValueError`` (``UnicodeDecodeError`` included) or ``RecursionError``."""
     if not isinstance(data, str):
-        data = data.decode(json.detect_encoding(data), "surrogatepass")
+        # RFC 8259 JSON between systems is UTF-8; UTF-16/32 (a NUL among the first bytes)
+        # and a BOM are still recognised as json.loads does.
+        encoding = "utf-8" if data[:1] == b"{" and data[1:2] != b"\x00" else None
+        data = data.decode(encoding or json.detect_encoding(data), "surrogatepass")
     return _DECODER.decode(data)
 
 
