@@ -130,9 +130,7 @@ async def run(quick: bool) -> list[dict[str, Any]]:
                         best["raw_tp"] = max(
                             best["raw_tp"], await _raw_throughput(raw_session, raw_url, bodies)
                         )
-                        best["node_tp"] = max(
-                            best["node_tp"], await _node_throughput(sender, msgs)
-                        )
+                        best["node_tp"] = max(best["node_tp"], await _node_throughput(sender, msgs))
                         small = [_message(i) for i in range(n_latency)]
                         lat["raw"] = min(
                             lat["raw"],
