@@ -16,7 +16,11 @@ from AgentOperatingSystem.messaging.brokers.base import Envelope
 from AgentOperatingSystem.messaging.brokers.sqlite import SqliteBroker
 from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.envelope import encode
-from AgentOperatingSystem.messaging.errors import DuplicateMessageError, QueueFullError
+from AgentOperatingSystem.messaging.errors import (
+    BrokerError,
+    DuplicateMessageError,
+    QueueFullError,
+)
 from AgentOperatingSystem.messaging.types import Message, MessageType
 
 pytestmark = pytest.mark.timeout(60)
@@ -56,9 +60,16 @@ class _Held:
         self.task = asyncio.ensure_future(broker._call(hold))
 
     async def release(self) -> None:
-        assert await asyncio.to_thread(self.entered.wait, 10)
         self.gate.set()
         await self.task
+
+
+async def _hold(broker: SqliteBroker) -> _Held:
+    """Hold the worker, and return once it is inside the holding transaction (sends made
+    before that could share the holding group instead of the next one)."""
+    held = _Held(broker)
+    assert await asyncio.to_thread(held.entered.wait, 10)
+    return held
 
 
 @pytest.fixture
@@ -72,8 +83,7 @@ async def broker(tmp_path: Path) -> AsyncIterator[SqliteBroker]:
 
 
 async def test_concurrent_sends_share_one_group_and_all_arrive(broker: SqliteBroker) -> None:
-    held = _Held(broker)
-    await asyncio.sleep(0)
+    held = await _hold(broker)
     envs = [_env("q", i) for i in range(40)]
     sends = [asyncio.ensure_future(broker.send([e])) for e in envs]
     await held.release()
@@ -87,8 +97,7 @@ async def test_concurrent_sends_share_one_group_and_all_arrive(broker: SqliteBro
 async def test_a_live_duplicate_fails_alone_in_its_group(broker: SqliteBroker) -> None:
     first = _env("q", 0, message_id="dup")
     assert await broker.send([first]) == [True]
-    held = _Held(broker)
-    await asyncio.sleep(0)
+    held = await _hold(broker)
     sends = [asyncio.ensure_future(broker.send([_env("q", i)])) for i in range(1, 6)]
     twin = asyncio.ensure_future(broker.send([_env("q", 99, message_id="dup")]))
     sends += [asyncio.ensure_future(broker.send([_env("q", i)])) for i in range(6, 11)]
@@ -101,11 +110,23 @@ async def test_a_live_duplicate_fails_alone_in_its_group(broker: SqliteBroker) -
     assert len(bodies) == 11 and bodies["dup"] == first.body  # the first copy, untouched
 
 
+async def test_an_envelope_without_body_fails_alone_in_its_group(broker: SqliteBroker) -> None:
+    held = await _hold(broker)
+    before = [asyncio.ensure_future(broker.send([_env("q", i)])) for i in range(3)]
+    bare = asyncio.ensure_future(broker.send([Envelope("q", "no-body", 2)]))
+    after = [asyncio.ensure_future(broker.send([_env("q", i)])) for i in range(3, 6)]
+    await held.release()
+    assert await asyncio.gather(*before, *after) == [[True]] * 6
+    with pytest.raises(BrokerError, match="needs encoded envelopes"):
+        await bare
+    assert max(held.groups) == 7
+    assert await broker.depth("q") == 6
+
+
 async def test_a_full_queue_refuses_exactly_the_sends_over_the_limit(
     broker: SqliteBroker,
 ) -> None:
-    held = _Held(broker)
-    await asyncio.sleep(0)
+    held = await _hold(broker)
     envs = [_env("q", i) for i in range(12)]
     sends = [asyncio.ensure_future(broker.send([e], max_depth=7)) for e in envs]
     await held.release()
