@@ -15,6 +15,7 @@ power loss; ``normal`` survives a process crash), ``busy_timeout_ms`` (default 5
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import queue as queue_mod
 import sqlite3
@@ -96,10 +97,19 @@ def parse_sqlite_url(url: str) -> tuple[Path, dict[str, str]]:
     return path, options
 
 
+_Plain = tuple[Sequence[Envelope], float, "int | None"]
+
+
 class _Op:
     __slots__ = ("args", "error", "fn", "future", "plain", "result")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], future: asyncio.Future[Any]):
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        future: asyncio.Future[Any],
+        plain: _Plain | None = None,
+    ):
         self.fn = fn
         self.args = args
         self.future = future
@@ -107,7 +117,7 @@ class _Op:
         self.error: BaseException | None = None
         #: set for a send without dedup keys: (envelopes, now, max_depth); consecutive ones
         #: are inserted together (see ``SqliteBroker._insert_plain``)
-        self.plain: tuple[Sequence[Envelope], float, int | None] | None = None
+        self.plain = plain
 
 
 class SqliteBroker:
@@ -254,18 +264,13 @@ class SqliteBroker:
         # Optimistic: run the whole group in one go; ops almost never fail. When one does,
         # undo the group and run each op in its own savepoint so only that op fails.
         try:
-            i, n = 0, len(group)
-            while i < n:
-                op = group[i]
-                if op.plain is not None and i + 1 < n and group[i + 1].plain is not None:
-                    j = i + 2
-                    while j < n and group[j].plain is not None:
-                        j += 1
-                    self._insert_plain(conn, group[i:j])
-                    i = j
+            for plain, run in itertools.groupby(group, key=lambda op: op.plain is not None):
+                ops = list(run)
+                if plain and len(ops) > 1:
+                    self._insert_plain(conn, ops)
                     continue
-                op.result = op.fn(conn, *op.args)
-                i += 1
+                for op in ops:
+                    op.result = op.fn(conn, *op.args)
         except BaseException:
             conn.execute("ROLLBACK")
             if not self._begin(conn, group):
@@ -298,21 +303,14 @@ class SqliteBroker:
                 op.error = err
                 op.result = None
 
-    async def _call(
-        self,
-        fn: Callable[..., T],
-        *args: Any,
-        plain: tuple[Sequence[Envelope], float, int | None] | None = None,
-    ) -> T:
+    async def _call(self, fn: Callable[..., T], *args: Any, plain: _Plain | None = None) -> T:
         if self._closed:
             raise BrokerClosedError("the sqlite engine is closed")
         if self._thread is None:
             await self.start()
         assert self._loop is not None
         fut: asyncio.Future[T] = self._loop.create_future()
-        op = _Op(fn, args, fut)
-        op.plain = plain
-        self._ops.put(op)
+        self._ops.put(_Op(fn, args, fut, plain))
         return await fut
 
     # ---------------------------------------------------------------- operations
@@ -370,6 +368,7 @@ class SqliteBroker:
         for op in ops:
             assert op.plain is not None
             envelopes, now, max_depth = op.plain
+            self._sweep(conn, now)
             for env in envelopes:
                 q = env.queue
                 rows.append(_row(env, now))
@@ -377,7 +376,6 @@ class SqliteBroker:
                 if max_depth is not None:
                     limits[q] = min(limits.get(q, max_depth), max_depth)
             op.result = [True] * len(envelopes)
-        self._sweep(conn, ops[0].plain[1])  # type: ignore[index]
         conn.executemany(_INSERT, rows)
         for name, count in added.items():
             _add_depth(conn, name, count, limits.get(name))
@@ -402,10 +400,10 @@ class SqliteBroker:
             self._sweep(conn, now)
             return self._insert(conn, envelopes, now, max_depth, dedup_window)
 
-        plain = None
+        # A missing body fails the batched insert (NOT NULL) and, re-run alone, gets
+        # _insert's error.
+        plain: _Plain | None = None
         if dedup_window <= 0 or all(e.dedup_key is None for e in envelopes):
-            if any(e.body is None for e in envelopes):
-                raise BrokerError("the sqlite engine needs encoded envelopes (body)")
             plain = (envelopes, now, max_depth)
         result = await self._call(op, plain=plain)
         self._notify(sorted({e.queue for e in envelopes}))
