@@ -569,15 +569,11 @@ class MessageBus:
         telemetry) on an engine that stores bytes: what :meth:`_publish_many` does for it,
         without the general path's per-call set-up."""
         config = self.config
-        env = Envelope(
-            queue,
-            message.message_id,
-            message.priority._value_,
-            encode(message, DEFAULT_OPTIONS, None, max_bytes=config.max_message_bytes),
-        )
         ok = (
             await self.broker.send(
-                (env,), max_depth=config.max_queue_size, dedup_window=config.dedup_window_seconds
+                self._envelopes(message, DEFAULT_OPTIONS, (queue,), None, 0.0),
+                max_depth=config.max_queue_size,
+                dedup_window=config.dedup_window_seconds,
             )
         )[0]
         return PublishResult(message.message_id, (queue,) if ok else (), duplicate=not ok)
