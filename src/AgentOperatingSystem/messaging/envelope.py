@@ -97,8 +97,6 @@ def _c_encoder() -> Callable[[Any], str]:
     )
 
     def encode(value: Any) -> str:
-        if isinstance(value, str):
-            return _ENCODER.encode(value)
         return "".join(chunks(value, 0))
 
     return encode
