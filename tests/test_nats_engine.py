@@ -8,6 +8,8 @@ import sys
 import time
 from typing import AsyncIterator, Awaitable, Callable
 
+import nats
+import nats.js.errors
 import pytest
 import pytest_asyncio
 
@@ -28,6 +30,7 @@ from AgentOperatingSystem.messaging.errors import (
     MissingExtraError,
     QueueFullError,
 )
+from tests.support.nats_fixtures import new_nats_namespace
 from tests.support.nats_server import NatsServer, free_port
 
 pytestmark = pytest.mark.nats
@@ -118,6 +121,87 @@ async def test_bad_options_and_unreachable_server() -> None:
             f"nats://127.0.0.1:{free_port()}", clock=SystemClock(), connect_timeout=0.5
         )
     assert time.monotonic() - started < 5
+
+
+# ---------------------------------------------------------------------- creating streams
+def _bad_request(err_code: int) -> Exception:
+    return nats.js.errors.BadRequestError(code=400, err_code=err_code, description="refused")
+
+
+async def test_create_takes_the_stream_a_concurrent_create_is_making() -> None:
+    """"Subjects overlap" while another process creates the same stream: take that stream."""
+    calls: list[str] = []
+    made = False
+
+    async def add() -> str:
+        calls.append("add")
+        raise _bad_request(10065)
+
+    async def existing() -> str:
+        nonlocal made
+        calls.append("look")
+        if not made:  # the other create is not done on the first look
+            made = True
+            raise nats.js.errors.NotFoundError(code=404, err_code=10059)
+        return "theirs"
+
+    assert await NatsBroker._create_or_take("S", add, existing) == "theirs"
+    assert calls == ["add", "look", "add", "look"]
+
+
+async def test_create_name_in_use_takes_it_other_refusals_pass() -> None:
+    async def in_use() -> str:
+        raise _bad_request(10058)
+
+    async def other() -> str:
+        raise _bad_request(10052)
+
+    async def existing() -> str:
+        return "existing"
+
+    assert await NatsBroker._create_or_take("S", in_use, existing) == "existing"
+    with pytest.raises(nats.js.errors.BadRequestError):
+        await NatsBroker._create_or_take("S", other, existing)
+
+
+async def test_subjects_of_a_foreign_stream_are_a_configuration_error(
+    nats_url: str, nats_namespace: str
+) -> None:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    try:
+        await js.add_stream(name=f"{nats_namespace}_foreign", subjects=[f"{nats_namespace}.q.x"])
+        with pytest.raises(ConfigurationError, match="overlap"):
+            await create_nats_broker(nats_url, clock=SystemClock(), namespace=nats_namespace)
+    finally:
+        await js.delete_stream(f"{nats_namespace}_foreign")
+        await nc.close()
+
+
+async def test_many_processes_starting_at_once_all_start(nats_url: str) -> None:
+    """Brokers opened at once on a new namespace race to create its streams and buckets."""
+    opened: list[NatsBroker] = []
+    try:
+        for _ in range(12):
+            namespace = new_nats_namespace()
+            outcomes = await asyncio.gather(
+                *(
+                    create_nats_broker(nats_url, clock=SystemClock(), namespace=namespace)
+                    for _ in range(8)
+                ),
+                return_exceptions=True,
+            )
+            brokers = [b for b in outcomes if isinstance(b, NatsBroker)]
+            opened += brokers
+            assert brokers == outcomes, [e for e in outcomes if e not in brokers]
+            assert await brokers[0].send([env("q", "m1")]) == [True]
+            assert [d.message_id for d in await brokers[-1].receive("q", 1, 30)] == ["m1"]
+    finally:
+        one_per_namespace = {broker.namespace: broker for broker in opened}
+        for broker in one_per_namespace.values():
+            await broker.drop_namespace()
+        for broker in opened:
+            await broker.close()
 
 
 # ---------------------------------------------------------------------------- send/receive

@@ -203,6 +203,11 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 # JetStream error codes that mean "no leader right now / try again".
 _RETRY_ERR_CODES = {10008, 10076, 10077}
+# Creating a stream: its name is taken (10058); its subjects overlap another's (10065).
+_NAME_IN_USE = 10058
+_SUBJECTS_OVERLAP = 10065
+# How often an overlap is looked at again before it counts as another stream's subjects.
+_OVERLAP_LOOKS = 5
 
 
 @functools.lru_cache(maxsize=8192)
@@ -528,32 +533,55 @@ class NatsBroker:
         self._kv_bind, self._kv_done, self._kv_dedup, self._kv_meta = results[2:]  # type: ignore[assignment]
 
     async def _ensure_stream(self, config: api.StreamConfig) -> None:
+        name = str(config.name)
+
+        async def existing() -> None:
+            info = await self._js.stream_info(name)
+            if info.config.retention != config.retention:
+                raise ConfigurationError(
+                    f"stream {name} exists with retention {info.config.retention}"
+                )
+
         async def create() -> None:
-            try:
-                await self._js.add_stream(config)
-            except nats.js.errors.BadRequestError as exc:
-                if exc.err_code != 10058:  # stream name already in use, other config
-                    raise
-                info = await self._js.stream_info(str(config.name))
-                if info.config.retention != config.retention:
-                    raise ConfigurationError(
-                        f"stream {config.name} exists with retention {info.config.retention}"
-                    ) from exc
+            await self._create_or_take(name, lambda: self._js.add_stream(config), existing)
 
         await self._retrying("create stream", create)
 
     async def _ensure_kv(self, bucket: str, ttl: float | None) -> KeyValue:
         async def create() -> KeyValue:
-            try:
-                return await self._js.create_key_value(
+            return await self._create_or_take(
+                f"KV_{bucket}",
+                lambda: self._js.create_key_value(
                     bucket=bucket, history=1, ttl=ttl, replicas=self.replicas
-                )
-            except nats.js.errors.BadRequestError as exc:
-                if exc.err_code != 10058:
-                    raise
-                return await self._js.key_value(bucket)
+                ),
+                lambda: self._js.key_value(bucket),
+            )
 
         return await self._retrying("create bucket", create)
+
+    @staticmethod
+    async def _create_or_take(
+        name: str, add: Callable[[], Awaitable[_T]], existing: Callable[[], Awaitable[_T]]
+    ) -> _T:
+        """Create stream ``name`` with ``add``, or take the one that exists with ``existing``.
+
+        Several processes start on one namespace at once, so the server may be creating the
+        same stream for another of them: it then answers "name in use" (10058) or, while the
+        other create is half done, "subjects overlap" (10065). Only an overlap that outlasts
+        a few looks at the stream (none of that name appears) is another stream's subjects."""
+        for attempt in range(_OVERLAP_LOOKS):
+            try:
+                return await add()
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code == _NAME_IN_USE:
+                    return await existing()
+                if exc.err_code != _SUBJECTS_OVERLAP:
+                    raise
+            try:
+                return await existing()
+            except nats.js.errors.NotFoundError:
+                await asyncio.sleep(0.02 * (attempt + 1))
+        raise ConfigurationError(f"stream {name}: its subjects overlap with another stream's")
 
     async def close(self) -> None:
         """Hand unsettled locks back, close the connection; later calls raise BrokerClosedError."""
