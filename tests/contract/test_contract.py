@@ -72,6 +72,24 @@ async def test_lock_expiry_redelivers(harness: Harness) -> None:
     assert await bus.queue_depth("ceo") == 0
 
 
+async def test_a_message_back_from_an_expired_lock_keeps_its_place(harness: Harness) -> None:
+    """Back in the queue, a message is served before later arrivals of its priority and
+    after anything of a higher priority, as if it had never left."""
+    bus = await harness.bus(lock_seconds=1.0)
+    await bus.publish(task("ceo", 1))
+    await bus.publish(task("ceo", 2))
+    (first,) = await bus.get_messages("ceo", 1)
+    assert first.content["n"] == 1
+    await bus.publish(task("ceo", 3))
+    await bus.publish(task("ceo", 4, MessagePriority.HIGH))
+    await harness.advance(1.3)
+    got = await bus.get_messages("ceo", 10)
+    assert [m.content["n"] for m in got] == [4, 1, 2, 3]
+    for m in got:
+        await bus.acknowledge(m.message_id)
+    assert await bus.queue_depth("ceo") == 0
+
+
 async def test_ack_after_lock_expired_is_refused(harness: Harness) -> None:
     from AgentOperatingSystem.messaging.errors import LockLostError
 

@@ -1,8 +1,11 @@
 """The in-memory engine (``memory://``): fast, in one process, gone when the process ends.
 
-Each queue keeps a heap of ready messages ordered by (priority, arrival), a heap of delayed
-ones ordered by availability time, and the locked ones; lock expiry is applied lazily on
-receive. Messages published without encoding (no compression, encryption or signature) are
+Each queue keeps its ready messages in one FIFO per priority for first deliveries (they
+arrive in order, so no heap and no per-message heap item) plus a heap ordered by (priority,
+arrival) for the ones that come back (released, lock expired, delay over); receive takes
+whichever of the two comes first. A heap of delayed messages is ordered by availability
+time, and the locked ones are kept with their lock deadlines; lock expiry is applied
+lazily on receive. Messages published without encoding (no compression, encryption or signature) are
 kept as the very :class:`Message` object the publisher passed: treat delivered messages as
 read-only.
 """
@@ -60,9 +63,23 @@ class _Entry(Delivery):
 
 
 class _Queue:
-    __slots__ = ("dead", "delayed", "inflight", "live", "lock_heap", "ready", "waiters")
+    __slots__ = (
+        "dead",
+        "delayed",
+        "fresh",
+        "inflight",
+        "levels",
+        "live",
+        "lock_heap",
+        "ready",
+        "waiters",
+    )
 
     def __init__(self) -> None:
+        # first deliveries, one FIFO per priority; ``levels`` are their priorities, sorted
+        self.fresh: dict[int, deque[_Entry]] = {}
+        self.levels: list[int] = []
+        # messages that came back, with the seq they arrived with: (priority, seq, entry)
         self.ready: list[tuple[int, int, _Entry]] = []
         self.delayed: list[tuple[float, int, _Entry]] = []
         self.inflight: dict[str, _Entry] = {}
@@ -71,6 +88,19 @@ class _Queue:
         self.live: dict[str, _Entry] = {}
         self.dead: dict[str, DeadLetter] = {}
         self.waiters: set[asyncio.Future[None]] = set()
+
+    def append(self, entry: _Entry) -> None:
+        """Queue a first delivery at the back of its priority's FIFO."""
+        fifo = self.fresh.get(entry.priority)
+        if fifo is None:
+            fifo = self.fresh[entry.priority] = deque()
+            self.levels.append(entry.priority)
+            self.levels.sort()
+        fifo.append(entry)
+
+    def has_ready(self) -> bool:
+        """Whether anything may be ready (stale items included; receive skips those)."""
+        return bool(self.ready) or any(self.fresh[p] for p in self.levels)
 
 
 class MemoryBroker:
@@ -186,7 +216,7 @@ class MemoryBroker:
             self._clock.now(),
         )
         q.live[message_id] = entry
-        heapq.heappush(q.ready, (priority, seq, entry))
+        q.append(entry)
         if q.waiters:
             self._notify(q)
 
@@ -208,7 +238,7 @@ class MemoryBroker:
         if env.available_at > now:
             heapq.heappush(q.delayed, (env.available_at, seq, entry))
         else:
-            heapq.heappush(q.ready, (env.priority, seq, entry))
+            q.append(entry)
         if env.dedup_key is not None and dedup_window > 0:
             expires = now + dedup_window
             self._dedup[env.dedup_key] = expires
@@ -241,17 +271,36 @@ class MemoryBroker:
         if q.delayed or q.lock_heap:
             self._promote(q, now)
         ready = q.ready
-        if not ready:
-            return []
+        fresh = q.fresh
+        levels = q.levels
         out: list[_Entry] = []
         token = str(next(self._tokens))
         until = now + lock_seconds
         inflight = q.inflight
         pop = heapq.heappop
-        while ready and len(out) < max_messages:
-            entry = pop(ready)[2]
-            if not entry.live or entry.token:
-                continue  # a stale heap item (settled or already re-queued)
+        while len(out) < max_messages:
+            head: _Entry | None = None
+            for level in levels:  # the first FIFO with something in it
+                fifo = fresh[level]
+                while fifo and (not fifo[0].live or fifo[0].token):
+                    fifo.popleft()  # settled or dead-lettered before its first delivery
+                if fifo:
+                    head = fifo[0]
+                    break
+            if ready:
+                top = ready[0]
+                if not top[2].live or top[2].token:
+                    pop(ready)  # a stale heap item (settled or already re-queued)
+                    continue
+                if head is None or (top[0], top[1]) < (head.priority, head.seq):
+                    head = pop(ready)[2]
+                else:
+                    fresh[head.priority].popleft()
+            elif head is None:
+                break
+            else:
+                fresh[head.priority].popleft()
+            entry = head
             entry.token = token
             entry.attempts += 1
             entry.locked_until = until
@@ -467,7 +516,7 @@ class MemoryBroker:
         """Return on the next publish/release to the queue, or after ``timeout`` seconds."""
         self._check()
         q = self._q(queue)
-        if q.ready:
+        if q.has_ready():
             return
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
