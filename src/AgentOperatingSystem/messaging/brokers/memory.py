@@ -67,6 +67,7 @@ class _Queue:
         "dead",
         "delayed",
         "fresh",
+        "fresh_count",
         "inflight",
         "levels",
         "live",
@@ -79,6 +80,7 @@ class _Queue:
         # first deliveries, one FIFO per priority; ``levels`` are their priorities, sorted
         self.fresh: dict[int, deque[_Entry]] = {}
         self.levels: list[int] = []
+        self.fresh_count = 0  # items in the FIFOs, stale ones included
         # messages that came back, with the seq they arrived with: (priority, seq, entry)
         self.ready: list[tuple[int, int, _Entry]] = []
         self.delayed: list[tuple[float, int, _Entry]] = []
@@ -97,10 +99,50 @@ class _Queue:
             self.levels.append(entry.priority)
             self.levels.sort()
         fifo.append(entry)
+        self.fresh_count += 1
 
-    def has_ready(self) -> bool:
-        """Whether anything may be ready (stale items included; receive skips those)."""
-        return bool(self.ready) or any(self.fresh[p] for p in self.levels)
+    def take(self, n: int) -> list[_Entry]:
+        """Take up to ``n`` ready entries off the queue, priority first then FIFO, skipping
+        stale items (settled, dead-lettered or already taken)."""
+        out: list[_Entry] = []
+        fresh = self.fresh
+        ready = self.ready
+        if not ready:  # only first deliveries: read the FIFOs in priority order
+            for level in self.levels:
+                fifo = fresh[level]
+                while fifo and len(out) < n:
+                    entry = fifo.popleft()
+                    self.fresh_count -= 1
+                    if entry.live and not entry.token:
+                        out.append(entry)
+                if len(out) >= n:
+                    break
+            return out
+        pop = heapq.heappop
+        while len(out) < n:
+            head: _Entry | None = None
+            for level in self.levels:  # the first FIFO with a live entry at its front
+                fifo = fresh[level]
+                while fifo and (not fifo[0].live or fifo[0].token):
+                    fifo.popleft()
+                    self.fresh_count -= 1
+                if fifo:
+                    head = fifo[0]
+                    break
+            if ready:
+                top = ready[0]
+                if not top[2].live or top[2].token:
+                    pop(ready)  # a stale heap item (settled or already re-queued)
+                    continue
+                if head is None or (top[0], top[1]) < (head.priority, head.seq):
+                    out.append(pop(ready)[2])
+                    continue
+            if head is None:
+                break
+            fresh[head.priority].popleft()
+            self.fresh_count -= 1
+            out.append(head)
+        return out
 
 
 class MemoryBroker:
@@ -216,7 +258,12 @@ class MemoryBroker:
             self._clock.now(),
         )
         q.live[message_id] = entry
-        q.append(entry)
+        fifo = q.fresh.get(priority)
+        if fifo is None:
+            q.append(entry)
+        else:  # q.append inlined: this is the hot path
+            fifo.append(entry)
+            q.fresh_count += 1
         if q.waiters:
             self._notify(q)
 
@@ -270,42 +317,19 @@ class MemoryBroker:
         now = self._clock.now()
         if q.delayed or q.lock_heap:
             self._promote(q, now)
-        ready = q.ready
-        fresh = q.fresh
-        levels = q.levels
-        out: list[_Entry] = []
+        if not q.fresh_count and not q.ready:
+            return []
+        out = q.take(max_messages)
+        if not out:
+            return []
         token = str(next(self._tokens))
         until = now + lock_seconds
         inflight = q.inflight
-        pop = heapq.heappop
-        while len(out) < max_messages:
-            head: _Entry | None = None
-            for level in levels:  # the first FIFO with something in it
-                fifo = fresh[level]
-                while fifo and (not fifo[0].live or fifo[0].token):
-                    fifo.popleft()  # settled or dead-lettered before its first delivery
-                if fifo:
-                    head = fifo[0]
-                    break
-            if ready:
-                top = ready[0]
-                if not top[2].live or top[2].token:
-                    pop(ready)  # a stale heap item (settled or already re-queued)
-                    continue
-                if head is None or (top[0], top[1]) < (head.priority, head.seq):
-                    head = pop(ready)[2]
-                else:
-                    fresh[head.priority].popleft()
-            elif head is None:
-                break
-            else:
-                fresh[head.priority].popleft()
-            entry = head
+        for entry in out:
             entry.token = token
             entry.attempts += 1
             entry.locked_until = until
             inflight[entry.message_id] = entry
-            out.append(entry)
         if out:
             heapq.heappush(q.lock_heap, (until, next(self._seq), token, out))
         return list(out)
@@ -516,7 +540,7 @@ class MemoryBroker:
         """Return on the next publish/release to the queue, or after ``timeout`` seconds."""
         self._check()
         q = self._q(queue)
-        if q.has_ready():
+        if q.fresh_count or q.ready:  # something may be ready (stale items count too)
             return
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
