@@ -178,7 +178,7 @@ async def test_subjects_of_a_foreign_stream_are_a_configuration_error(
         await nc.close()
 
 
-async def test_many_processes_starting_at_once_all_start(nats_url: str) -> None:
+async def test_many_brokers_starting_at_once_on_a_new_namespace_all_start(nats_url: str) -> None:
     """Brokers opened at once on a new namespace race to create its streams and buckets."""
     opened: list[NatsBroker] = []
     try:

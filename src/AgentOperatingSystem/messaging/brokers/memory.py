@@ -330,8 +330,7 @@ class MemoryBroker:
             entry.attempts += 1
             entry.locked_until = until
             inflight[entry.message_id] = entry
-        if out:
-            heapq.heappush(q.lock_heap, (until, next(self._seq), token, out))
+        heapq.heappush(q.lock_heap, (until, next(self._seq), token, out))
         return list(out)
 
     def _locked(self, q: _Queue, s: SettlementRef) -> _Entry | None:
