@@ -510,19 +510,17 @@ class BusSecurity:
             acl_rows = await store.list(NS_ACL)
             self._public = {agent: _parse_public_record(agent, v) for agent, v in public_rows}
             self._revoked = {agent: _revoked_ids(v) for agent, v in public_rows}
-            stored: dict[str, bytes] = {}
-            for kid, value in content_rows:
-                key = _parse_content_key(kid, value)
-                if key is not None:
-                    stored[kid] = key
-            self._stored_content = stored
-            acl: dict[str, _Perm] = {}
-            for agent, value in acl_rows:
-                perm = _parse_acl(agent, value)
-                if perm is not None:
-                    acl[agent] = perm
-            self._acl = acl
-            self.acl_active = not self._default_allow or bool(acl)
+            self._stored_content = {
+                kid: key
+                for kid, value in content_rows
+                if (key := _parse_content_key(kid, value)) is not None
+            }
+            self._acl = {
+                agent: perm
+                for agent, value in acl_rows
+                if (perm := _parse_acl(agent, value)) is not None
+            }
+            self.acl_active = not self._default_allow or bool(self._acl)
 
     async def _refresh_loop(self, interval: float) -> None:
         while True:
