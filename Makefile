@@ -24,9 +24,12 @@ system-deps:
 test: $(STAMP) system-deps lint
 	$(VENV)/bin/pytest
 
+## lint: ruff, mypy --strict, the layer contracts (import-linter) and the shape (sizes, cycles)
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	$(PY) scripts/shape.py --report-only
 
 ## bench: every benchmark scenario beside its baseline (table + JSON lines)
 bench: $(STAMP) system-deps

@@ -41,7 +41,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Awaitable, Callable
 
-from AgentOperatingSystem.messaging.envelope import decode, encode
+from AgentOperatingSystem.messaging.codec.envelope import decode, encode
 from AgentOperatingSystem.messaging.types import Message, MessageType
 from benchmarks import skeletons
 from benchmarks.common import countdown, task_messages

@@ -25,7 +25,7 @@ import aiohttp
 from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.config.network import NetworkConfig
 from AgentOperatingSystem.messaging.bus import MessageBus
-from AgentOperatingSystem.messaging.envelope import encode
+from AgentOperatingSystem.messaging.codec.envelope import encode
 from AgentOperatingSystem.messaging.network_protocol import NetworkProtocol
 from AgentOperatingSystem.messaging.types import Message, MessageType
 from AgentOperatingSystem.storage.manager import StorageManager

@@ -19,7 +19,7 @@ from typing import Any
 
 from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.messaging.bus import MessageBus
-from AgentOperatingSystem.messaging.observability import BusTelemetry
+from AgentOperatingSystem.messaging.observability.telemetry import BusTelemetry
 from AgentOperatingSystem.messaging.types import MessageType
 from benchmarks.common import countdown, result, task_messages
 

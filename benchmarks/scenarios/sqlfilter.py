@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from AgentOperatingSystem.messaging.sqlfilter import parse_filter
+from AgentOperatingSystem.messaging.servicebus.sqlfilter import parse_filter
 from benchmarks.common import result
 
 EXPRESSION = (

@@ -9,6 +9,7 @@ from typing import Any, Literal, Mapping
 
 from ..messaging.errors import ConfigurationError
 from ..messaging.policy import RetryPolicy
+from .urls import is_nats_url
 
 __all__ = ["MessageBusConfig"]
 
@@ -111,6 +112,6 @@ class MessageBusConfig:
         if url.startswith("sqlite:"):
             base = url.split("?", 1)[0]  # engine options are not storage options
             return base[: -len(".db")] + "-store.db" if base.endswith(".db") else base + "-store"
-        if url.startswith("nats://"):
+        if is_nats_url(url):
             return url
         return "memory://"

@@ -1,5 +1,5 @@
 """``NetworkConfig``: how a network node
-(:class:`~AgentOperatingSystem.messaging.network_protocol.NetworkProtocol`) listens,
+(:class:`~AgentOperatingSystem.messaging.network.node.NetworkProtocol`) listens,
 authenticates its peers, pools connections and retries.
 
 Node-to-node requests are signed with HMAC-SHA256 over the method, path, timestamp and body

@@ -26,16 +26,16 @@ _EXPORTS: dict[str, str] = {
     "MessageType": ".types",
     "new_message_id": ".types",
     "MessageBusConfig": "..config.messagebus",
-    "EventStream": ".bus",
-    "MessageBus": ".bus",
-    "PublishResult": ".bus",
-    "Subscription": ".bus",
+    "EventStream": ".core.bus",
+    "MessageBus": ".core.bus",
+    "PublishResult": ".core.bus",
+    "Subscription": ".core.bus",
     "MessageRouter": ".router",
     "ConversationSystem": ".conversation_system",
-    "NetworkProtocol": ".network_protocol",
-    "ConnectionPool": ".network_protocol",
+    "NetworkProtocol": ".network.node",
+    "ConnectionPool": ".network.node",
     "NetworkConfig": "..config.network",
-    "ServiceBusManager": ".servicebus_manager",
+    "ServiceBusManager": ".servicebus.manager",
     "CircuitBreaker": "..reliability.circuit_breaker",
     "StorageManager": "..storage.manager",
 }
@@ -55,13 +55,13 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from ..config.messagebus import MessageBusConfig as MessageBusConfig
     from ..reliability.circuit_breaker import CircuitBreaker as CircuitBreaker
-    from .bus import EventStream as EventStream
-    from .bus import MessageBus as MessageBus
-    from .bus import PublishResult as PublishResult
-    from .bus import Subscription as Subscription
     from .clock import Clock as Clock
     from .clock import ManualClock as ManualClock
     from .clock import SystemClock as SystemClock
+    from .core.bus import EventStream as EventStream
+    from .core.bus import MessageBus as MessageBus
+    from .core.bus import PublishResult as PublishResult
+    from .core.bus import Subscription as Subscription
     from .policy import DeliveryOptions as DeliveryOptions
     from .policy import RetryPolicy as RetryPolicy
     from .router import MessageRouter as MessageRouter

@@ -20,8 +20,8 @@ from typing import Any
 
 from ..config.messagebus import MessageBusConfig
 from ..storage.manager import StorageManager
-from .bus import MessageBus
 from .conversation_system import ConversationSystem
+from .core.bus import MessageBus
 from .types import Message, MessagePriority, MessageType
 
 _T0 = time.monotonic()

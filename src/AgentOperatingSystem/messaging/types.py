@@ -16,6 +16,9 @@ from typing import Any, Dict, Optional
 from .errors import InvalidMessageError
 
 __all__ = [
+    "BROADCAST_TYPES",
+    "MESSAGE_FIELDS",
+    "REQUEST_TYPES",
     "DeliveryMode",
     "Message",
     "MessagePriority",
@@ -189,3 +192,23 @@ class Message:
         }
         fields.update(changes)
         return Message(**fields)
+
+
+#: Message types that fan out to every subscribed agent when they name no recipient.
+BROADCAST_TYPES = frozenset({MessageType.EVENT, MessageType.NOTIFICATION, MessageType.STATUS})
+#: Message types whose handler return value becomes the RESPONSE when they carry ``reply_to``.
+REQUEST_TYPES = frozenset({MessageType.QUERY, MessageType.TASK, MessageType.COMMAND})
+
+#: The Message fields ``publish()`` accepts as keywords (also the admin API's send/request).
+MESSAGE_FIELDS = (
+    "message_type",
+    "content",
+    "recipient_id",
+    "sender_id",
+    "priority",
+    "metadata",
+    "correlation_id",
+    "reply_to",
+    "ttl",
+    "message_id",
+)

@@ -6,7 +6,7 @@ operation runs without awaiting anything in between, so on one event loop each o
 
 from __future__ import annotations
 
-from .manager import KeyRows, LogRows, TextUpdater
+from .base import KeyRows, LogRows, TextUpdater
 
 __all__ = ["MemoryStorageBackend"]
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ..config.urls import parse_nats_url
 from ..messaging.clock import Clock
 from ..messaging.errors import MissingExtraError, StorageError
-from .manager import KeyRows, LogRows, TextUpdater
+from .base import KeyRows, LogRows, TextUpdater
 
 try:
     import nats
@@ -50,8 +51,6 @@ class NatsStorageBackend:
     """A :class:`~.manager.StorageBackend` on a JetStream KV bucket."""
 
     def __init__(self, url: str, clock: Clock) -> None:
-        from ..messaging.brokers.nats import parse_nats_url
-
         self._servers, options = parse_nats_url(url)
         self._namespace = options.get("namespace", "aos")
         self._replicas = int(options.get("replicas", "1"))

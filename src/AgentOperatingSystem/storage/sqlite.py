@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
 from ..messaging.errors import ConfigurationError, StorageError
-from .manager import KeyRows, LogRows, TextUpdater
+from .base import KeyRows, LogRows, TextUpdater
 
 __all__ = ["SQLiteStorageBackend", "path_from_url"]
 

@@ -2,11 +2,12 @@
 
 ``memory://`` (in process), ``sqlite:///path.db`` (embedded, durable), ``nats://host:4222``
 (NATS JetStream; the ``nats`` extra). Azure Service Bus is reached through
-:class:`~AgentOperatingSystem.messaging.servicebus_manager.ServiceBusManager`.
+:class:`~AgentOperatingSystem.messaging.servicebus.manager.ServiceBusManager`.
 """
 
 from __future__ import annotations
 
+from ...config.urls import NATS_SCHEMES
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError
 from .base import Broker, DeadLetter, Delivery, Envelope, Settlement
@@ -38,7 +39,7 @@ async def open_broker(
         broker = SqliteBroker.from_url(url, clock=clock)
         await broker.start()
         return broker
-    if scheme in ("nats", "tls"):
+    if scheme in NATS_SCHEMES:
         from .nats import create_nats_broker
 
         return await create_nats_broker(url, clock=clock, dedup_window=dedup_window)

@@ -11,12 +11,21 @@ clock. A queue is created on first use. Message ids are unique among a queue's l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Awaitable, Callable, Protocol, Sequence, runtime_checkable
 
 from ..policy import DEFAULT_OPTIONS, DeliveryOptions
 from ..types import Message
 
-__all__ = ["Broker", "DeadLetter", "Delivery", "Envelope", "Settlement", "SettlementRef"]
+__all__ = [
+    "Broker",
+    "DeadLetter",
+    "Delivery",
+    "DirectDelivery",
+    "Envelope",
+    "LocalPut",
+    "Settlement",
+    "SettlementRef",
+]
 
 
 @dataclass(slots=True)
@@ -94,17 +103,6 @@ class SettlementRef(Protocol):
     def token(self) -> str:
         """The lock token the message was handed out with."""
         ...
-
-
-#: Optional engine capability (NATS has it): ``listen_direct(queue, handler)`` and
-#: ``send_direct(envelope, reply_for=None) -> bool`` hand an envelope to a listener that is
-#: live right now, storing nothing; ``send_direct`` is True only when the listener confirmed
-#: it took the message, and the caller falls back to ``send`` otherwise. ``hand_off(envelope,
-#: reply_queue=..., wait=...) -> bool`` offers a request to a consumer of its queue that is
-#: live right now (False: the caller must ``send`` it); a quick consumer's answer comes back
-#: on the same trip (``send_direct(..., reply_for=<request id>)``). The bus uses them for
-#: ``request()`` and its responses.
-DIRECT_DELIVERY = ("listen_direct", "send_direct", "hand_off")
 
 
 @runtime_checkable
@@ -222,4 +220,48 @@ class Broker(Protocol):
 
     async def close(self) -> None:
         """Release every resource; further calls raise ``BrokerClosedError``."""
+        ...
+
+
+# ---------------------------------------------------------------- optional capabilities
+# An engine declares an optional feature by implementing one of these small Protocols. The
+# bus checks each once, when it starts (``isinstance(broker, LocalPut)``), never per call.
+
+
+@runtime_checkable
+class LocalPut(Protocol):
+    """An engine that keeps messages in this process (memory) and takes a plain message
+    object without an envelope: the bus's publish path uses it for a plain message (one
+    recipient, no options, TTL, delay or dedup)."""
+
+    def put_local(self, queue: str, message: Message, max_depth: int | None) -> None:
+        """Enqueue ``message`` at once (no await): ``QueueFullError`` over ``max_depth``,
+        ``DuplicateMessageError`` when its id is live in ``queue``."""
+        ...
+
+
+@runtime_checkable
+class DirectDelivery(Protocol):
+    """An engine that can hand an envelope to a listener or consumer that is live right now,
+    storing nothing (NATS: core request/reply). The bus uses it for ``request()`` and its
+    responses; whenever a method answers False the caller falls back to ``send``."""
+
+    async def listen_direct(self, queue: str, handler: Callable[[bytes], Awaitable[bool]]) -> None:
+        """Take envelopes sent to ``queue`` with :meth:`send_direct` while this process runs;
+        ``handler(body)`` says whether it took the message."""
+        ...
+
+    async def send_direct(
+        self, env: Envelope, *, reply_for: str | None = None, timeout: float = 2.0
+    ) -> bool:
+        """Hand ``env`` to a live :meth:`listen_direct` listener of its queue; ``reply_for``
+        is the id of the handed-off request ``env`` answers. True only when it was taken."""
+        ...
+
+    async def hand_off(
+        self, env: Envelope, *, reply_queue: str | None = None, wait: float = 1.0
+    ) -> bool:
+        """Offer a request to a consumer of its queue that is live, idle and caught up right
+        now; a quick consumer's answer comes back to ``reply_queue``'s listener on the same
+        trip. True when a consumer took it."""
         ...

@@ -101,8 +101,9 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
-from urllib.parse import parse_qsl, quote, unquote
+from urllib.parse import quote, unquote
 
+from ...config.urls import parse_nats_url
 from ..clock import Clock
 from ..errors import (
     BrokerClosedError,
@@ -169,7 +170,6 @@ HANDOFF_TIMEOUT = 1.0
 #: sender's wait): with the response when the handler was that quick, else with "taken".
 HANDOFF_CONFIRM_SECONDS = 0.2
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_SCHEMES = ("nats", "tls", "ws", "wss")
 
 # Header names.
 H_MSG_ID = "Nats-Msg-Id"
@@ -282,31 +282,6 @@ def _fnum(value: str | None, default: float | None = None) -> float | None:
         return float(value)
     except ValueError:
         return default
-
-
-def parse_nats_url(url: str) -> tuple[list[str], dict[str, str]]:
-    """Split an engine URL into server URLs and query options (``namespace``, ``replicas``)."""
-    base, _, query = url.strip().partition("?")
-    options = dict(parse_qsl(query, keep_blank_values=True))
-    unknown = set(options) - {"namespace", "replicas"}
-    if unknown:
-        raise ConfigurationError(
-            f"unknown NATS URL options {sorted(unknown)}; allowed: namespace, replicas"
-        )
-    servers: list[str] = []
-    for part in base.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "://" not in part:
-            part = "nats://" + part
-        scheme, _, rest = part.partition("://")
-        if scheme.lower() not in _SCHEMES or not rest.strip("/"):
-            raise ConfigurationError(f"not a NATS server URL: {part!r}")
-        servers.append(part.rstrip("/"))
-    if not servers:
-        raise ConfigurationError(f"no NATS server in URL {url!r}")
-    return servers, options
 
 
 @dataclass(slots=True)

@@ -1,0 +1,1 @@
+"""Telemetry for the bus: OpenTelemetry spans, Prometheus metrics."""

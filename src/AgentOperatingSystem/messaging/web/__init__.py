@@ -1,0 +1,1 @@
+"""The node's web face: the dashboard and the admin API it uses."""
