@@ -177,6 +177,45 @@ def test_parser_is_buildable_without_a_node() -> None:
     assert args.count == 2 and args.to == "a"
 
 
+def test_node_and_token_defaults_are_read_from_the_environment_when_the_parser_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("AOS_NODE_URL", raising=False)
+    monkeypatch.delenv("AOS_ADMIN_TOKEN", raising=False)
+    plain = build_parser()
+    monkeypatch.setenv("AOS_NODE_URL", "http://10.0.0.7:9000")
+    monkeypatch.setenv("AOS_ADMIN_TOKEN", "tok")
+    args = build_parser().parse_args(["dlq", "list"])
+    assert (args.node, args.token) == ("http://10.0.0.7:9000", "tok")
+    assert build_parser().parse_args(["serve"]).token == "tok"
+    before = plain.parse_args(["queues"])
+    assert (before.node, before.token) == ("http://127.0.0.1:8080", None)
+    monkeypatch.setenv("AOS_NODE_URL", "")
+    assert build_parser().parse_args(["queues"]).node == "http://127.0.0.1:8080"
+
+
+def test_groups_name_the_chosen_action_and_flags_keep_their_names() -> None:
+    parser = build_parser()
+    dlq = parser.parse_args(["dlq", "resubmit", "a1", "m1", "m2", "--node", "http://h:1"])
+    assert (dlq.command, dlq.dlq_command, dlq.agent) == ("dlq", "resubmit", "a1")
+    assert dlq.message_ids == ["m1", "m2"] and dlq.all is False and dlq.node == "http://h:1"
+    conv = parser.parse_args(["conversations", "show", "c1", "--limit", "3", "--json"])
+    assert (conv.conv_command, conv.conversation_id, conv.limit, conv.json) == (
+        "show",
+        "c1",
+        3,
+        True,
+    )
+    serve = parser.parse_args(["serve", "--engine", "memory://", "--port", "0"])
+    assert (serve.broker_url, serve.port, serve.host, serve.log_level) == (
+        "memory://",
+        0,
+        "127.0.0.1",
+        "warning",
+    )
+    assert not hasattr(serve, "node") and not hasattr(serve, "json")
+
+
 # ---------------------------------------------------------------------------- node commands
 
 

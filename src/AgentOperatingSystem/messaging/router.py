@@ -131,6 +131,79 @@ def _check_weight(target: str, weight: object) -> int:
     return weight
 
 
+def _check_strategy(strategy: object) -> str:
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise RouterError(
+            f"unknown load-balancing strategy {strategy!r}; "
+            f"valid strategies: {', '.join(STRATEGIES)}"
+        )
+    return strategy
+
+
+def _check_targets(name: str, targets: Iterable[str]) -> list[str]:
+    """The targets of rule ``name`` as a list: at least one, each a valid id, no repeats."""
+    if isinstance(targets, str):
+        raise RouterError("targets must be a list of agent ids, not a single string")
+    try:
+        target_list = [_check_target(t) for t in targets]
+    except TypeError as exc:
+        raise RouterError(f"targets of rule {name!r} must be an iterable of agent ids") from exc
+    if not target_list:
+        raise RouterError(f"rule {name!r} needs at least one target")
+    duplicates = sorted({t for t in target_list if target_list.count(t) > 1})
+    if duplicates:
+        raise RouterError(f"rule {name!r} lists targets more than once: {duplicates}")
+    return target_list
+
+
+def _check_weights(
+    name: str, strategy: str, weights: Mapping[str, int] | None, targets: list[str]
+) -> dict[str, int]:
+    """The weight of every target (1 each when ``weights`` is None and may be)."""
+    if weights is None:
+        if strategy == "weighted":
+            raise RouterError(f"the 'weighted' strategy of rule {name!r} needs weights")
+        return dict.fromkeys(targets, 1)
+    if strategy not in ("weighted", "consistent_hash"):
+        raise RouterError(
+            f"weights only apply to the 'weighted' and 'consistent_hash' strategies, "
+            f"not {strategy!r}"
+        )
+    if not isinstance(weights, Mapping):
+        raise RouterError("weights must be a dict of target -> positive int")
+    missing = [t for t in targets if t not in weights]
+    if missing:
+        raise RouterError(f"weights of rule {name!r} are missing for targets {missing}")
+    unknown = sorted(set(weights) - set(targets))
+    if unknown:
+        raise RouterError(f"weights of rule {name!r} name unknown targets {unknown}")
+    return {t: _check_weight(t, weights[t]) for t in targets}
+
+
+def _check_options(
+    name: str,
+    strategy: str,
+    key: KeyFunction | None,
+    rng: random.Random | None,
+    virtual_nodes: int,
+) -> None:
+    """``key``, ``rng`` and ``virtual_nodes`` are valid, and given only where they apply."""
+    if key is not None:
+        if strategy != "consistent_hash":
+            raise RouterError(f"key only applies to 'consistent_hash', not {strategy!r}")
+        if not callable(key):
+            raise RouterError(f"key of rule {name!r} must be callable")
+    if rng is not None:
+        if strategy != "random":
+            raise RouterError(f"rng only applies to 'random', not {strategy!r}")
+        if not isinstance(rng, random.Random):
+            raise RouterError("rng must be a random.Random instance")
+    if isinstance(virtual_nodes, bool) or not isinstance(virtual_nodes, int):
+        raise RouterError("virtual_nodes must be a positive int")
+    if virtual_nodes <= 0:
+        raise RouterError("virtual_nodes must be a positive int")
+
+
 class _Rule:
     """A rule with one fixed target."""
 
@@ -367,59 +440,10 @@ class MessageRouter:
         name = self._check_new_name(name)
         if not callable(condition):
             raise RouterError(f"condition of rule {name!r} must be callable")
-        if not isinstance(strategy, str) or strategy not in STRATEGIES:
-            raise RouterError(
-                f"unknown load-balancing strategy {strategy!r}; "
-                f"valid strategies: {', '.join(STRATEGIES)}"
-            )
-        if isinstance(targets, str):
-            raise RouterError("targets must be a list of agent ids, not a single string")
-        try:
-            target_list = [_check_target(t) for t in targets]
-        except TypeError as exc:
-            raise RouterError(f"targets of rule {name!r} must be an iterable of agent ids") from exc
-        if not target_list:
-            raise RouterError(f"rule {name!r} needs at least one target")
-        duplicates = sorted({t for t in target_list if target_list.count(t) > 1})
-        if duplicates:
-            raise RouterError(f"rule {name!r} lists targets more than once: {duplicates}")
-
-        checked_weights: dict[str, int] = {}
-        if weights is not None:
-            if strategy not in ("weighted", "consistent_hash"):
-                raise RouterError(
-                    f"weights only apply to the 'weighted' and 'consistent_hash' strategies, "
-                    f"not {strategy!r}"
-                )
-            if not isinstance(weights, Mapping):
-                raise RouterError("weights must be a dict of target -> positive int")
-            missing = [t for t in target_list if t not in weights]
-            if missing:
-                raise RouterError(f"weights of rule {name!r} are missing for targets {missing}")
-            unknown = sorted(set(weights) - set(target_list))
-            if unknown:
-                raise RouterError(f"weights of rule {name!r} name unknown targets {unknown}")
-            checked_weights = {t: _check_weight(t, weights[t]) for t in target_list}
-        elif strategy == "weighted":
-            raise RouterError(f"the 'weighted' strategy of rule {name!r} needs weights")
-        else:
-            checked_weights = dict.fromkeys(target_list, 1)
-
-        if key is not None:
-            if strategy != "consistent_hash":
-                raise RouterError(f"key only applies to 'consistent_hash', not {strategy!r}")
-            if not callable(key):
-                raise RouterError(f"key of rule {name!r} must be callable")
-        if rng is not None:
-            if strategy != "random":
-                raise RouterError(f"rng only applies to 'random', not {strategy!r}")
-            if not isinstance(rng, random.Random):
-                raise RouterError("rng must be a random.Random instance")
-        if isinstance(virtual_nodes, bool) or not isinstance(virtual_nodes, int):
-            raise RouterError("virtual_nodes must be a positive int")
-        if virtual_nodes <= 0:
-            raise RouterError("virtual_nodes must be a positive int")
-
+        strategy = _check_strategy(strategy)
+        target_list = _check_targets(name, targets)
+        checked_weights = _check_weights(name, strategy, weights, target_list)
+        _check_options(name, strategy, key, rng, virtual_nodes)
         self._rules[name] = _BalancedRule(
             name,
             condition,

@@ -1,0 +1,108 @@
+"""What ``aos-messaging`` prints and how it exits: exit codes, :class:`CLIError`,
+:class:`Progress` and the JSON, table and clipping helpers every command uses.
+
+Exit codes: 0 success; 1 an error (the node is unreachable, refused the request, a request
+timed out, nothing matched); 2 wrong usage; 130 interrupted with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import IO, Any
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "PROG",
+    "CLIError",
+    "Progress",
+    "clip",
+    "print_json",
+    "table",
+]
+
+PROG = "aos-messaging"
+"""The program's name, as usage lines and error messages show it."""
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class CLIError(Exception):
+    """An error reported to the user as ``aos-messaging: error: ...`` with exit code 1
+    (or ``code``)."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Progress:
+    """A progress bar on stderr: redrawn in place on a terminal; elsewhere (a pipe, a log)
+    one summary line at the end, so logs stay readable."""
+
+    def __init__(
+        self, total: int, label: str, *, stream: IO[str] | None = None, enabled: bool = True
+    ) -> None:
+        self.total = max(0, total)
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        self.done = 0
+        self.failed = 0
+        self._live = enabled and self.stream.isatty()
+        self._started = time.monotonic()
+        self._last = 0.0
+
+    def advance(self, n: int = 1, *, failed: bool = False) -> None:
+        """Count ``n`` items as done (``failed``: done, but with an error)."""
+        self.done += n
+        if failed:
+            self.failed += n
+        now = time.monotonic()
+        if self._live and (now - self._last >= 0.05 or self.done >= self.total):
+            self._last = now
+            self._draw()
+
+    def _draw(self) -> None:
+        width = 30
+        frac = self.done / self.total if self.total else 1.0
+        filled = int(width * frac)
+        bar = "#" * filled + "." * (width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total}")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        """End the bar with a summary line."""
+        if not self.enabled:
+            return
+        elapsed = time.monotonic() - self._started
+        if self._live:
+            self._draw()
+            self.stream.write("\n")
+        extra = f", {self.failed} failed" if self.failed else ""
+        self.stream.write(f"{self.label}: {self.done}/{self.total} done{extra} in {elapsed:.2f}s\n")
+        self.stream.flush()
+
+
+def print_json(data: Any) -> None:
+    """Print ``data`` as indented JSON on stdout (what ``--json`` asks for)."""
+    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def table(rows: list[list[str]], head: list[str]) -> str:
+    """``rows`` under ``head`` in left-aligned columns two spaces apart."""
+    lines = [head, *rows]
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines
+    )
+
+
+def clip(text: Any, width: int) -> str:
+    """``text`` on one line, cut to ``width`` characters with an ellipsis."""
+    s = "" if text is None else str(text).replace("\n", " ")
+    return s if len(s) <= width else s[: width - 1] + "…"

@@ -1,0 +1,230 @@
+"""``aos-messaging serve``: a :class:`Node` (bus, network node, dashboard, ``/metrics``)
+that runs until Ctrl-C or SIGTERM.
+
+The bus, network and web modules are imported when a node is built, not when the command
+line starts, so ``aos-messaging --help`` and the remote commands stay quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .output import EXIT_OK, PROG, CLIError
+
+__all__ = ["Node", "cmd_serve"]
+
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class _ServeOptions:
+    broker_url: str | None
+    data_dir: str | None
+    storage_url: str | None
+    host: str
+    port: int
+    token: str | None
+    auth_secret: str | None
+    allow_unsigned: bool
+    node_id: str | None
+    tracing: bool
+    trace_console: bool
+
+
+class Node:
+    """A node as ``aos-messaging serve`` runs it: a :class:`MessageBus` (metrics on), a
+    :class:`~AgentOperatingSystem.messaging.network.node.NetworkProtocol` serving HTTP,
+    the dashboard and ``/admin`` API, and ``/metrics``.
+
+    ``async with Node(broker_url="sqlite:///x.db", port=0) as node: print(node.url)``
+    """
+
+    def __init__(
+        self,
+        *,
+        broker_url: str | None = None,
+        data_dir: str | None = None,
+        storage_url: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        token: str | None = None,
+        auth_secret: str | None = None,
+        allow_unsigned: bool = False,
+        node_id: str | None = None,
+        tracing: bool = False,
+        poll_interval: float | None = None,
+    ) -> None:
+        from ...config.messagebus import MessageBusConfig
+        from ...config.network import NetworkConfig
+        from ...storage.manager import StorageManager
+        from ..core.bus import MessageBus
+        from ..network.node import NetworkProtocol
+
+        extra: dict[str, Any] = {}
+        if data_dir:
+            extra["data_dir"] = data_dir
+        if poll_interval is not None:
+            extra["poll_interval"] = poll_interval
+        self.config = MessageBusConfig(
+            broker_url=broker_url, enable_metrics=True, enable_tracing=tracing, **extra
+        )
+        self.storage = StorageManager(storage_url or self.config.resolved_storage_url())
+        self.bus = MessageBus(self.config, storage=self.storage)
+        net: dict[str, Any] = {"host": host, "port": port, "allow_unsigned": allow_unsigned}
+        if auth_secret is not None:
+            net["auth_secret"] = auth_secret
+        if node_id is not None:
+            net["node_id"] = node_id
+        self.protocol = NetworkProtocol(NetworkConfig(**net), self.bus, storage=self.storage)
+        self.token = token
+        self._installed = False
+
+    @property
+    def url(self) -> str:
+        """The node's HTTP address (after :meth:`start`)."""
+        return self.protocol.url
+
+    async def start(self) -> Node:
+        """Start the bus, add the dashboard, admin API and /metrics, and serve."""
+        from ..observability.telemetry import install_metrics
+        from ..web.dashboard import install_dashboard
+
+        await self.bus.start()
+        if not self._installed:
+            install_metrics(self.protocol.app, self.bus)
+            install_dashboard(
+                self.protocol.app,
+                self.bus,
+                self.storage,
+                token=self.token,
+                node_info={"node_id": self.protocol.node_id},
+            )
+            self._installed = True
+        try:
+            await self.protocol.start()
+        except BaseException:
+            await self.bus.stop()
+            await self.storage.close()
+            raise
+        return self
+
+    async def stop(self) -> None:
+        """Stop serving, then the bus, then the storage."""
+        await self.protocol.stop()
+        await self.bus.stop()
+        await self.storage.close()
+
+    async def __aenter__(self) -> Node:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def _setup_console_tracing() -> Callable[[], None]:
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+    except ImportError:
+        raise CLIError(
+            "--trace-console needs the OpenTelemetry SDK: pip install 'aos-messaging[otel]'"
+        ) from None
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+    trace.set_tracer_provider(provider)
+    return provider.shutdown
+
+
+async def _start_node(opts: _ServeOptions) -> Node:
+    from ..errors import MessagingError
+
+    try:
+        node = Node(
+            broker_url=opts.broker_url,
+            data_dir=opts.data_dir,
+            storage_url=opts.storage_url,
+            host=opts.host,
+            port=opts.port,
+            token=opts.token,
+            auth_secret=opts.auth_secret,
+            allow_unsigned=opts.allow_unsigned,
+            node_id=opts.node_id,
+            tracing=opts.tracing or opts.trace_console,
+        )
+        await node.start()
+    except MessagingError as exc:
+        raise CLIError(str(exc)) from None
+    return node
+
+
+def _print_banner(node: Node, opts: _ServeOptions) -> None:
+    url = node.url
+    print(f"{PROG} node listening on {url}", flush=True)
+    print(f"  node id    {node.protocol.node_id}", flush=True)
+    print(f"  engine     {node.config.resolved_broker_url()}", flush=True)
+    print(f"  storage    {node.storage.url}", flush=True)
+    print(f"  dashboard  {url}/dashboard/", flush=True)
+    print(f"  metrics    {url}/metrics", flush=True)
+    if opts.host not in _LOCAL_HOSTS and not opts.token:
+        print(
+            f"warning: the dashboard and /admin API on {opts.host} are open to anyone who"
+            " can reach this port; set --token (or $AOS_ADMIN_TOKEN)",
+            file=sys.stderr,
+            flush=True,
+        )
+    print("Ctrl-C to stop", file=sys.stderr, flush=True)
+
+
+async def _serve(opts: _ServeOptions) -> int:
+    node = await _start_node(opts)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        _print_banner(node, opts)
+        await stop.wait()
+        print("stopping ...", file=sys.stderr, flush=True)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await node.stop()
+    print("stopped", file=sys.stderr, flush=True)
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``serve``: run a node until Ctrl-C or SIGTERM (both exit 0)."""
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    shutdown: Callable[[], None] | None = None
+    if args.trace_console:
+        shutdown = _setup_console_tracing()
+    opts = _ServeOptions(
+        broker_url=args.broker_url,
+        data_dir=args.data_dir,
+        storage_url=args.storage_url,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        auth_secret=args.auth_secret,
+        allow_unsigned=args.allow_unsigned,
+        node_id=args.node_id,
+        tracing=args.tracing,
+        trace_console=args.trace_console,
+    )
+    try:
+        return asyncio.run(_serve(opts))
+    finally:
+        if shutdown is not None:
+            shutdown()
