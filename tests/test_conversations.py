@@ -6,8 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,23 +31,22 @@ from AgentOperatingSystem.messaging.errors import (
 )
 from AgentOperatingSystem.messaging.types import Message, MessagePriority, MessageType
 from AgentOperatingSystem.storage.manager import StorageManager
+from tests.support.engines import engine_params, engine_url
+from tests.support.messages import drain
 
 START = 1_750_000_000.0
 
 
-@pytest.fixture(params=["memory", "sqlite", "nats"])
+@pytest.fixture(params=engine_params())
 async def storage_manager(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[StorageManager]:
-    if request.param == "nats":
-        url = f"{request.getfixturevalue('nats_url')}?namespace=s{uuid.uuid4().hex[:10]}"
-    else:
-        url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/conv.db"
-    manager = StorageManager(url, clock=ManualClock(START))
-    try:
-        yield manager
-    finally:
-        await manager.close()
+    async with engine_url(request, request.param, tmp_path, name="conv") as url:
+        manager = StorageManager(url, clock=ManualClock(START))
+        try:
+            yield manager
+        finally:
+            await manager.close()
 
 
 @pytest.fixture
@@ -459,24 +457,55 @@ async def test_conversation_across_processes(tmp_path: Path) -> None:
 # -- delivery through a bus ------------------------------------------------------------
 
 
-class RecordingBus:
-    def __init__(self, refuse: set[str] | None = None) -> None:
-        self.published: list[Message] = []
-        self.refuse = refuse or set()
+class RecordingBus(MessageBus):
+    """A real MessageBus on ``memory://`` that also keeps, in order, what it accepted:
+    ``published`` through ``publish_batch`` (all or none, as the conversation uses it) and
+    ``single`` through ``publish``."""
 
-    async def publish(self, message: Message) -> str:
-        if message.recipient_id in self.refuse:
-            raise PermissionDeniedError(
-                f"{message.sender_id} may not write to {message.recipient_id}"
-            )
+    def __init__(self, **config: Any) -> None:
+        super().__init__(MessageBusConfig(broker_url="memory://", **config))
+        self.published: list[Message] = []
+        self.single: list[Message] = []
+
+    async def publish_batch(self, messages: Iterable[Message], **options: Any) -> Any:
+        batch = list(messages)
+        results = await super().publish_batch(batch, **options)
+        self.published.extend(batch)
+        return results
+
+    async def publish(self, message: Message | None = None, /, **options: Any) -> Any:
+        result = await super().publish(message, **options)
+        self.single.append(message if message is not None else options["message"])
+        return result
+
+
+@pytest.fixture
+async def recording_bus() -> AsyncIterator[RecordingBus]:
+    async with RecordingBus() as bus:
+        yield bus
+
+
+class PerAgentPublisher:
+    """A publisher that is not a MessageBus: only ``publish`` (the MessagePublisher protocol;
+    no ``publish_batch``, ``started`` or ``security``), handing each message to the real bus
+    its recipient lives on. The conversation cannot check those buses before storing, so a
+    refusal (here an access-control one) comes after the turn is stored."""
+
+    def __init__(self, buses: dict[str, MessageBus]) -> None:
+        self.buses = buses
+        self.published: list[Message] = []
+
+    async def publish(self, message: Message) -> Any:
+        assert message.recipient_id is not None
+        result = await self.buses[message.recipient_id].publish(message)
         self.published.append(message)
-        return message.message_id
+        return result
 
 
 async def test_add_message_publishes_to_other_participants(
-    storage_manager: StorageManager,
+    storage_manager: StorageManager, recording_bus: RecordingBus
 ) -> None:
-    bus = RecordingBus()
+    bus = recording_bus
     conversations = ConversationSystem(storage_manager, bus)
     cid = await conversations.start_conversation(["ceo_agent", "cfo_agent", "cto_agent"], "plan")
     mid = await conversations.add_message(
@@ -502,45 +531,59 @@ async def test_add_message_publishes_to_other_participants(
     assert first.message_id != second.message_id
     assert third.content == {"answer": 1}
     assert third.message_type is MessageType.RESPONSE
+    # one batch per turn, none message by message; and the bus's queues hold exactly these
+    assert bus.single == []
+    assert [m.message_id for m in await drain(bus, "cfo_agent")] == [first.message_id]
+    assert [m.message_id for m in await drain(bus, "ceo_agent")] == [third.message_id]
+    cto = await drain(bus, "cto_agent")
+    assert [m.message_id for m in cto] == [second.message_id, fourth.message_id]
+    assert cto[1].metadata["conversation_sequence"] == 2
 
 
 async def test_failed_delivery_propagates_after_storing(storage_manager: StorageManager) -> None:
-    bus = RecordingBus(refuse={"cto_agent"})
-    conversations = ConversationSystem(storage_manager, bus)
-    cid = await conversations.start_conversation(["ceo_agent", "cfo_agent", "cto_agent"], "plan")
-    with pytest.raises(PermissionDeniedError) as info:
-        await conversations.add_message(cid, "ceo_agent", "secret")
-    notes = " ".join(getattr(info.value, "__notes__", []))
-    assert "was stored" in notes and "cto_agent" in notes
-    assert [m.recipient_id for m in bus.published] == ["cfo_agent"]
-    history = await conversations.get_conversation_history(cid)
-    assert [t["content"] for t in history] == ["secret"]
-
-
-class BatchBus:
-    """A bus with ``publish_batch`` whose engine refuses everything (a full queue)."""
-
-    def __init__(self) -> None:
-        self.single: list[Message] = []
-
-    async def publish(self, message: Message) -> str:
-        self.single.append(message)
-        return message.message_id
-
-    async def publish_batch(self, messages: list[Message]) -> list[str]:
-        raise QueueFullError("queue of cto_agent is full")
+    async with (
+        MessageBus(MessageBusConfig(broker_url="memory://")) as cfo_bus,
+        MessageBus(MessageBusConfig(broker_url="memory://")) as cto_bus,
+    ):
+        await cto_bus.set_permissions("ceo_agent", can_publish=["event"])
+        bus = PerAgentPublisher({"cfo_agent": cfo_bus, "cto_agent": cto_bus})
+        conversations = ConversationSystem(storage_manager, bus)
+        cid = await conversations.start_conversation(
+            ["ceo_agent", "cfo_agent", "cto_agent"], "plan"
+        )
+        with pytest.raises(PermissionDeniedError) as info:
+            await conversations.add_message(cid, "ceo_agent", "secret")
+        notes = " ".join(getattr(info.value, "__notes__", []))
+        assert "was stored" in notes and "cto_agent" in notes
+        assert "delivered to ['cfo_agent'], not delivered to ['cto_agent']" in notes
+        assert [m.recipient_id for m in bus.published] == ["cfo_agent"]
+        history = await conversations.get_conversation_history(cid)
+        assert [t["content"] for t in history] == ["secret"]
+        # what the buses hold: the turn for cfo_agent, nothing for cto_agent
+        (delivered,) = await drain(cfo_bus, "cfo_agent")
+        assert delivered.content == {"text": "secret"}
+        assert await cto_bus.queue_depth("cto_agent") == 0
 
 
 async def test_batch_delivery_failure_delivers_to_none(storage_manager: StorageManager) -> None:
-    bus = BatchBus()
-    conversations = ConversationSystem(storage_manager, bus)
-    cid = await conversations.start_conversation(["ceo_agent", "cfo_agent", "cto_agent"], "plan")
-    with pytest.raises(QueueFullError) as info:
-        await conversations.add_message(cid, "ceo_agent", "hello")
-    notes = " ".join(getattr(info.value, "__notes__", []))
-    assert "was stored" in notes and "none of ['cfo_agent', 'cto_agent']" in notes
-    assert bus.single == []
-    assert len(await conversations.get_conversation_history(cid)) == 1
+    # cto_agent's queue is full (max_queue_size=1): the engine refuses the whole batch
+    async with RecordingBus(max_queue_size=1) as bus:
+        filler = Message(message_type=MessageType.TASK, sender_id="o", recipient_id="cto_agent")
+        await bus.publish_batch([filler])
+        conversations = ConversationSystem(storage_manager, bus)
+        cid = await conversations.start_conversation(
+            ["ceo_agent", "cfo_agent", "cto_agent"], "plan"
+        )
+        with pytest.raises(QueueFullError) as info:
+            await conversations.add_message(cid, "ceo_agent", "hello")
+        notes = " ".join(getattr(info.value, "__notes__", []))
+        assert "was stored" in notes and "none of ['cfo_agent', 'cto_agent']" in notes
+        assert bus.single == []
+        assert len(await conversations.get_conversation_history(cid)) == 1
+        # nothing of the turn reached any queue: cfo_agent's is empty, cto_agent's has the filler
+        assert bus.published == [filler]
+        assert await drain(bus, "cfo_agent") == []
+        assert [m.message_id for m in await drain(bus, "cto_agent")] == [filler.message_id]
 
 
 @pytest.fixture

@@ -8,16 +8,20 @@ the rest on the same default unless a test says otherwise.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
+import json
 import logging
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
+import zstandard
 
 from AgentOperatingSystem.config.messagebus import MessageBusConfig
-from AgentOperatingSystem.messaging.bus import MessageBus
+from AgentOperatingSystem.messaging.bus import EventStream, MessageBus
 from AgentOperatingSystem.messaging.types import Message, MessagePriority, MessageType
 from tests.support.waiting import eventually
 
@@ -248,7 +252,20 @@ async def test_4_3_command(message_bus: MessageBus) -> None:
     assert commands == [{"command": "execute_task", "parameters": {"task_id": "task_001"}}]
 
 
-async def test_4_4_event_streaming(message_bus: MessageBus) -> None:
+async def test_4_4_event_streaming(
+    message_bus: MessageBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The example below iterates the stream as written; to publish only once it listens,
+    # the test keeps the streams the bus hands out and waits for each one to be ready.
+    opened: list[EventStream] = []
+    hand_out = message_bus.stream_events
+
+    def recording(*args: Any, **kwargs: Any) -> EventStream:
+        stream = hand_out(*args, **kwargs)
+        opened.append(stream)
+        return stream
+
+    monkeypatch.setattr(message_bus, "stream_events", recording)
     handled: list[str] = []
     done = asyncio.Event()
 
@@ -265,9 +282,7 @@ async def test_4_4_event_streaming(message_bus: MessageBus) -> None:
             await handle_event(event)
 
     task = asyncio.create_task(consumer())
-    await eventually(
-        lambda: message_bus._streams and all(s.ready.is_set() for s in message_bus._streams)
-    )
+    await eventually(lambda: opened and opened[0].ready.is_set(), what="the stream to listen")
     for name in ("task_started", "task_completed", "agent_status_changed"):
         await message_bus.publish(message_type=MessageType.EVENT, content={"event": name})
     await asyncio.wait_for(done.wait(), 10)
@@ -356,17 +371,29 @@ async def test_6_1_retry_with_exponential_backoff(data_dir: Path) -> None:
             message=message,
             retry_policy={"max_attempts": 3, "backoff_multiplier": 2, "initial_delay": 1},
         )
-        seen_after: list[float] = []
+        # Each delivery comes back exactly ``initial_delay * 2**(n-1)`` seconds after the
+        # n-th failure: not a moment before (checked 10 ms early), and then at once.
+        delivered: list[tuple[float, str]] = []
+        start = clock.now()
         for wait in (0.0, 1.0, 2.0):
             clock.advance(wait - 0.01 if wait else 0)
             assert wait == 0 or await message_bus.get_messages("ceo_agent") == []
             clock.advance(0.01 if wait else 0)
             (m,) = await message_bus.get_messages("ceo_agent")
-            seen_after.append(wait)
+            delivered.append((round(clock.now() - start, 6), m.message_id))
             await message_bus.nack(m.message_id, error="still failing")
-        assert seen_after == [0.0, 1.0, 2.0]
-        dead = await message_bus.get_dead_letter_messages("ceo_agent")
-        assert dead[0].metadata["aos.dead_letter.reason"] == "max_attempts"
+        assert delivered == [
+            (0.0, message.message_id),
+            (1.0, message.message_id),
+            (3.0, message.message_id),
+        ]
+        # the third failure was the last attempt: dead-lettered at once, not redelivered
+        assert await message_bus.queue_depth("ceo_agent") == 0
+        (dead,) = await message_bus.get_dead_letter_messages("ceo_agent")
+        assert dead.message_id == message.message_id
+        assert dead.metadata["aos.dead_letter.reason"] == "max_attempts"
+        assert dead.metadata["aos.dead_letter.attempts"] == 3
+        assert "still failing" in dead.metadata["aos.dead_letter.error"]
 
 
 async def test_6_2_dead_letter_queue(
@@ -386,10 +413,9 @@ async def test_6_2_dead_letter_queue(
     await message_bus.subscribe("ceo_agent", [MessageType.TASK], ceo)
     sent = Message(message_type=MessageType.TASK, sender_id="o", recipient_id="ceo_agent")
     await message_bus.publish(sent, retry_policy={"max_attempts": 2, "initial_delay": 0})
-    for _ in range(500):
-        if await message_bus.dead_letter_depth("ceo_agent"):
-            break
-        await asyncio.sleep(0.01)
+    await eventually(
+        lambda: message_bus.dead_letter_depth("ceo_agent"), what="the message in the DLQ"
+    )
     fail = False
 
     # Messages that fail after max retries go to DLQ
@@ -458,9 +484,25 @@ async def test_7_3_compression(message_bus: MessageBus, data_dir: Path, algorith
 
     (got,) = await message_bus.get_messages("ceo_agent")
     assert got.content == large_message.content
-    # What the engine stored is compressed: far smaller than the content itself.
-    with sqlite3.connect(data_dir / "messages.db") as db:
-        (size,) = db.execute("SELECT length(body) FROM messages").fetchone()
-    assert size < len(large_message.content["report"]) / 20
-    if algorithm == "gzip":
-        assert gzip.compress(b"x")[:2] == b"\x1f\x8b"
+    # What the engine stored is compressed: far smaller than the content itself, ...
+    with closing(sqlite3.connect(data_dir / "messages.db")) as db:
+        rows = db.execute("SELECT id, body FROM messages WHERE queue = 'ceo_agent'").fetchall()
+    ((stored_id, body),) = rows
+    assert stored_id == large_message.message_id
+    assert len(body) < len(large_message.content["report"]) / 20
+    # ... an envelope whose content is only there as the named algorithm's output, which
+    # decompresses to the content's JSON.
+    envelope = json.loads(body)
+    assert envelope["aoscompression"] == algorithm
+    assert "data" not in envelope
+    assert large_message.content["report"][:40] not in body.decode()
+    packed = base64.b64decode(envelope["data_base64"])
+    assert packed[:4] == _MAGIC[algorithm]
+    assert json.loads(_DECOMPRESS[algorithm](packed)) == large_message.content
+
+
+_MAGIC = {"gzip": b"\x1f\x8b\x08\x00", "zstd": b"\x28\xb5\x2f\xfd"}
+_DECOMPRESS = {
+    "gzip": gzip.decompress,
+    "zstd": lambda data: zstandard.ZstdDecompressor().decompressobj().decompress(data),
+}

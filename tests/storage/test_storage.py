@@ -9,8 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,19 +25,18 @@ from AgentOperatingSystem.storage.manager import (
 )
 from AgentOperatingSystem.storage.memory import MemoryStorageBackend
 from AgentOperatingSystem.storage.sqlite import SQLiteStorageBackend, path_from_url
+from tests.support.engines import engine_params, engine_url
+from tests.support.waiting import wait_until
 
 
-@pytest.fixture(params=["memory", "sqlite", "nats"])
+@pytest.fixture(params=engine_params())
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StorageManager]:
-    if request.param == "nats":
-        url = f"{request.getfixturevalue('nats_url')}?namespace=s{uuid.uuid4().hex[:10]}"
-    else:
-        url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/store.db"
-    manager = StorageManager(url)
-    try:
-        yield manager
-    finally:
-        await manager.close()
+    async with engine_url(request, request.param, tmp_path, name="store") as url:
+        manager = StorageManager(url)
+        try:
+            yield manager
+        finally:
+            await manager.close()
 
 
 class Boom(Exception):
@@ -369,11 +366,12 @@ def test_sqlite_two_processes_append_and_update(tmp_path: Path) -> None:
             )
         )
     try:
-        deadline = time.monotonic() + 60
-        while not all(r.exists() for r in readies):
-            assert time.monotonic() < deadline, "workers did not start"
+
+        def started() -> bool:
             assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-            time.sleep(0.01)
+            return all(r.exists() for r in readies)
+
+        wait_until(started, 60, "the workers to open the file")
         go.touch()
         outputs = [p.communicate(timeout=90) for p in procs]
     finally:

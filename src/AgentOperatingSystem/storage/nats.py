@@ -135,18 +135,8 @@ class NatsStorageBackend:
     async def list(self, ns: str, prefix: str, limit: int | None) -> KeyRows:
         """Pairs under ``prefix`` sorted by key."""
         head = f"k.{_hex(ns)}."
-        try:
-            # No server-side filter: nats-server 2.9 ignores it; filter here instead.
-            names = await self.kv.keys()
-        except js_errors.NoKeysError:
-            return []
-        except Exception as exc:
-            raise StorageError(f"NATS storage list failed: {exc}") from exc
-        keys = sorted(
-            k
-            for k in (_unhex(n[len(head) :]) for n in names if n.startswith(head))
-            if k.startswith(prefix)
-        )
+        names = await self._key_names(head)
+        keys = sorted(k for k in (_unhex(n[len(head) :]) for n in names) if k.startswith(prefix))
         rows: KeyRows = []
         for key in keys:
             if limit is not None and len(rows) >= limit:
@@ -155,6 +145,29 @@ class NatsStorageBackend:
             if text is not None:
                 rows.append((key, text))
         return rows
+
+    async def _key_names(self, head: str) -> tuple[str, ...]:
+        """The bucket's key names under ``head``, from the stream's own subject index.
+
+        ``KeyValue.keys()`` replays the bucket through an ephemeral consumer and stops at the
+        first message whose pending count reads 0, which an older server can report early on a
+        bucket whose keys were updated: the listing came back short (1 of 3). The subject index
+        of ``STREAM.INFO`` is one server snapshot, with no consumer. Deleted keys still have a
+        subject there (their delete marker); ``get`` skips them. The server lists up to 100,000
+        subjects in one answer.
+        """
+        bucket = f"{self._namespace}_STORE"
+        prefix = f"$KV.{bucket}."
+        try:
+            info = await self._js().stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}{head}>")
+        except Exception as exc:
+            raise StorageError(f"NATS storage list failed: {exc}") from exc
+        return tuple(s[len(prefix) :] for s in (info.state.subjects or {}))
+
+    def _js(self) -> Any:
+        if self._nc is None:
+            raise StorageError("NATS storage is not open")
+        return self._nc.jetstream()
 
     async def update(self, ns: str, key: str, fn: TextUpdater) -> str:
         """Compare-and-set loop; ``fn`` may run again after a conflict."""
