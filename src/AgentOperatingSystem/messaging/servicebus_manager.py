@@ -1,16 +1,14 @@
 """The spec's import path for :class:`ServiceBusManager`; Service Bus lives in
-:mod:`.servicebus`."""
+:mod:`.servicebus` (manager, backends, entities, sqlfilter)."""
 
-from .servicebus.manager import (
+from .servicebus.backend import ServiceBusBackend
+from .servicebus.engine import EngineServiceBus
+from .servicebus.entities import (
     DEFAULT_RULE_NAME,
     SERVICEBUS_KEY,
-    EngineServiceBus,
     OutgoingMessage,
     RuleProperties,
-    ServiceBusBackend,
-    ServiceBusManager,
     SubscriptionProperties,
-    SubscriptionReceiver,
     SubscriptionRuntimeProperties,
     TopicProperties,
     TopicRuntimeProperties,
@@ -19,6 +17,8 @@ from .servicebus.manager import (
     servicebus_info,
     subscription_queue,
 )
+from .servicebus.manager import ServiceBusManager
+from .servicebus.receiver import SubscriptionReceiver
 
 __all__ = [
     "DEFAULT_RULE_NAME",
