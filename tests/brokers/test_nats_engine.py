@@ -13,7 +13,13 @@ import nats.js.errors
 import pytest
 import pytest_asyncio
 
-from AgentOperatingSystem.messaging.brokers.base import Broker, Envelope, Settlement
+from AgentOperatingSystem.messaging.brokers.base import (
+    Broker,
+    Delivery,
+    DirectDelivery,
+    Envelope,
+    Settlement,
+)
 from AgentOperatingSystem.messaging.brokers.nats import (
     NatsBroker,
     create_nats_broker,
@@ -21,17 +27,20 @@ from AgentOperatingSystem.messaging.brokers.nats import (
     queue_token,
     token_queue,
 )
+from AgentOperatingSystem.messaging.brokers.nats.setup import create_or_take
 from AgentOperatingSystem.messaging.clock import Clock, ManualClock, SystemClock
 from AgentOperatingSystem.messaging.errors import (
     BrokerClosedError,
     BrokerUnavailableError,
     ConfigurationError,
     DuplicateMessageError,
+    InvalidMessageError,
     MissingExtraError,
     QueueFullError,
 )
 from tests.support.nats_fixtures import new_nats_namespace
 from tests.support.nats_server import NatsServer, free_port
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.nats
 
@@ -47,6 +56,22 @@ def env(queue: str, mid: str, priority: int = 2, **kw: object) -> Envelope:
 
 def settle(delivery: object) -> Settlement:
     return Settlement(delivery.message_id, delivery.token)  # type: ignore[attr-defined]
+
+
+async def receive_soon(
+    broker: NatsBroker, queue: str, max_messages: int = 1, lock: float = 30.0
+) -> list[Delivery]:
+    """Wait for ``queue`` (bounded) until a receive hands out messages; return them. The
+    server's clock (lock expiry, a release delay) is real time, so this waits for real."""
+    got: list[Delivery] = []
+
+    async def arrived() -> bool:
+        await broker.wait(queue, 0.2)
+        got.extend(await broker.receive(queue, max_messages, lock))
+        return bool(got)
+
+    await eventually(arrived, 5, f"a delivery from {queue!r}")
+    return got
 
 
 @pytest_asyncio.fixture
@@ -129,7 +154,7 @@ def _bad_request(err_code: int) -> Exception:
 
 
 async def test_create_takes_the_stream_a_concurrent_create_is_making() -> None:
-    """"Subjects overlap" while another process creates the same stream: take that stream."""
+    """ "Subjects overlap" while another process creates the same stream: take that stream."""
     calls: list[str] = []
     made = False
 
@@ -145,7 +170,7 @@ async def test_create_takes_the_stream_a_concurrent_create_is_making() -> None:
             raise nats.js.errors.NotFoundError(code=404, err_code=10059)
         return "theirs"
 
-    assert await NatsBroker._create_or_take("S", add, existing) == "theirs"
+    assert await create_or_take("S", add, existing) == "theirs"
     assert calls == ["add", "look", "add", "look"]
 
 
@@ -159,9 +184,9 @@ async def test_create_name_in_use_takes_it_other_refusals_pass() -> None:
     async def existing() -> str:
         return "existing"
 
-    assert await NatsBroker._create_or_take("S", in_use, existing) == "existing"
+    assert await create_or_take("S", in_use, existing) == "existing"
     with pytest.raises(nats.js.errors.BadRequestError):
-        await NatsBroker._create_or_take("S", other, existing)
+        await create_or_take("S", other, existing)
 
 
 async def test_subjects_of_a_foreign_stream_are_a_configuration_error(
@@ -208,6 +233,12 @@ async def test_many_brokers_starting_at_once_on_a_new_namespace_all_start(nats_u
 async def test_is_a_broker(broker: NatsBroker) -> None:
     assert isinstance(broker, Broker)
     assert broker.needs_bytes is True
+
+
+async def test_offers_direct_delivery(broker: NatsBroker) -> None:
+    """The optional capability the bus uses for requests and their answers, by type."""
+    direct: DirectDelivery = broker  # checked statically too
+    assert isinstance(direct, DirectDelivery)
 
 
 async def test_priority_then_fifo(broker: NatsBroker) -> None:
@@ -283,15 +314,12 @@ async def test_release_with_delay_and_error(broker: NatsBroker) -> None:
     q = "retry"
     await broker.send([env(q, "m")])
     [d] = await broker.receive(q, 1, 30)
-    assert await broker.release(q, settle(d), delay=0.6, error="boom") is True
+    delay = 0.6
+    assert await broker.release(q, settle(d), delay=delay, error="boom") is True
     assert await broker.receive(q, 1, 30) == []
     started = time.monotonic()
-    again: list = []
-    while not again and time.monotonic() - started < 5:
-        await broker.wait(q, 0.2)
-        again = await broker.receive(q, 1, 30)
-    assert time.monotonic() - started >= 0.5
-    [d2] = again
+    [d2] = await receive_soon(broker, q)
+    assert time.monotonic() - started >= delay - 0.1
     assert d2.message_id == "m" and d2.attempts == 2 and d2.last_error == "boom"
     assert d2.token != d.token
     assert await broker.ack(q, [settle(d)]) == [False]
@@ -304,11 +332,13 @@ async def test_release_with_delay_and_error(broker: NatsBroker) -> None:
 async def test_lock_expiry_redelivers(open_broker: OpenBroker) -> None:
     a, b = await open_broker(), await open_broker()
     q = "locks"
+    lock = 0.5  # the consumer's ack_wait: the server's real clock runs it out
     await a.send([env(q, "m")])
-    [d] = await a.receive(q, 1, 0.5)
-    assert await b.receive(q, 1, 0.5) == []
-    await asyncio.sleep(0.8)
-    [d2] = await b.receive(q, 1, 0.5)
+    started = time.monotonic()
+    [d] = await a.receive(q, 1, lock)
+    assert await b.receive(q, 1, lock) == []
+    [d2] = await receive_soon(b, q, lock=lock)
+    assert time.monotonic() - started >= lock * 0.9  # not before the lock ran out
     assert d2.message_id == "m" and d2.attempts == 2
     assert await a.ack(q, [settle(d)]) == [False]  # lock lost
     assert await b.ack(q, [settle(d2)]) == [True]
@@ -336,23 +366,30 @@ async def test_lock_expiry_follows_the_engine_clock(open_broker: OpenBroker) -> 
 async def test_renew_keeps_the_lock(open_broker: OpenBroker) -> None:
     a, b = await open_broker(), await open_broker()
     q = "renew"
+    lock = 0.8  # renewed every half lock, for longer than one lock
     await a.send([env(q, "m")])
-    [d] = await a.receive(q, 1, 0.8)
+    started = time.monotonic()
+    [d] = await a.receive(q, 1, lock)
     for _ in range(3):
-        await asyncio.sleep(0.4)
-        assert await a.renew(q, [settle(d)], 0.8) == [True]
-    assert await b.receive(q, 1, 0.8) == []
+        await asyncio.sleep(lock / 2)  # real time: the server's ack_wait runs on it
+        assert await a.renew(q, [settle(d)], lock) == [True]
+    assert time.monotonic() - started > lock  # the lock outlived its ack_wait
+    assert await b.receive(q, 1, lock) == []
     assert await a.ack(q, [settle(d)]) == [True]
 
 
 async def test_lock_seconds_change_updates_the_consumer(broker: NatsBroker) -> None:
     q = "relock"
+    short = 0.4
+    # Real time: the server runs the consumer's ack_wait out. The first wait must outlast
+    # the short lock before the next receive changes ack_wait (a changed ack_wait also
+    # applies to the message still pending), the second show that the new lock holds.
     await broker.send([env(q, "m")])
-    [d] = await broker.receive(q, 1, 0.4)
-    await asyncio.sleep(0.6)
+    [d] = await broker.receive(q, 1, short)
+    await asyncio.sleep(short * 1.5)
     [d2] = await broker.receive(q, 1, 30)  # lock of 0.4 s ran out; new lock is 30 s
     assert d2.attempts == 2
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(short * 1.5)
     assert await broker.receive(q, 1, 30) == []
     assert await broker.ack(q, [settle(d2)]) == [True]
     assert await broker.ack(q, [settle(d)]) == [False]
@@ -360,18 +397,14 @@ async def test_lock_seconds_change_updates_the_consumer(broker: NatsBroker) -> N
 
 async def test_delayed_message_is_held_back(broker: NatsBroker) -> None:
     q = "later"
-    now = time.time()
-    await broker.send([env(q, "later", available_at=now + 0.7), env(q, "now")])
+    now, delay = time.time(), 0.7
+    await broker.send([env(q, "later", available_at=now + delay), env(q, "now")])
     got = await broker.receive(q, 5, 30)
     assert [d.message_id for d in got] == ["now"]
     assert await broker.depth(q) == 2
-    started = time.monotonic()
-    late: list = []
-    while not late and time.monotonic() - started < 5:
-        await broker.wait(q, 0.2)
-        late = await broker.receive(q, 5, 30)
+    late = await receive_soon(broker, q, 5)
     assert [d.message_id for d in late] == ["later"]
-    assert time.time() >= now + 0.7
+    assert time.time() >= now + delay
     assert late[0].attempts == 1  # the early hand-back does not count
 
 
@@ -404,6 +437,49 @@ async def test_dead_letter_list_resubmit_purge(broker: NatsBroker) -> None:
     assert await broker.dead_letter_depth(q) == 0
     assert await broker.dead_letters(q) == []
     assert await broker.ack(q, [settle(back), settle(dc)]) == [True, True]
+
+
+async def test_put_dead_letter_is_stored_as_dead_letter_stores_it(open_broker: OpenBroker) -> None:
+    """Straight into the dead-letter stream with the fields ``dead_letter`` stores, so
+    listing, resubmitting and purging treat both alike; ids are checked across processes."""
+    a, b = await open_broker(), await open_broker()
+    q = "put ✓.dead"
+    await a.send([env(q, "seen")])
+    [d] = await a.receive(q, 1, 30)
+    assert await a.dead_letter(q, settle(d), reason="max_attempts")
+    # an id dead-lettered the usual way (by another process) is there already: refused
+    assert await b.put_dead_letter(env(q, "seen"), reason="unreachable") is False
+    put = env(q, "p1", 1, body=b"payload", expires_at=2e9)
+    assert await b.put_dead_letter(put, reason="unreachable", error="refused\r\nnow", attempts=3)
+    assert (await a.depth(q), await a.dead_letter_depth(q)) == (0, 2)
+    assert await a.receive(q, 10, 30) == []  # never deliverable
+    seen, letter = await a.dead_letters(q)
+    assert seen.message_id == "seen"
+    assert (letter.queue, letter.message_id, letter.priority, letter.body) == (
+        q,
+        "p1",
+        1,
+        b"payload",
+    )
+    assert (letter.reason, letter.error, letter.attempts) == ("unreachable", "refused\r\nnow", 3)
+    assert letter.dead_lettered_at >= letter.enqueued_at > 0
+    # two processes putting one id at once: one of them stores it
+    twin = env(q, "p2")
+    both = await asyncio.gather(
+        a.put_dead_letter(twin, reason="r"), b.put_dead_letter(twin, reason="r")
+    )
+    assert sorted(both) == [False, True]
+    assert await a.dead_letter_depth(q) == 3
+    # resubmitted, then put again at once (inside the server's duplicate window): stored
+    assert await a.resubmit(q, "p1") is True
+    [back] = await a.receive(q, 1, 30)
+    assert (back.message_id, back.priority, back.body, back.attempts) == ("p1", 1, b"payload", 1)
+    assert await b.put_dead_letter(put, reason="unreachable again") is True
+    assert [x.reason for x in await a.dead_letters(q)] == ["max_attempts", "r", "unreachable again"]
+    assert await a.purge_dead_letters(q) == 3
+    assert await a.ack(q, [settle(back)]) == [True]
+    with pytest.raises(InvalidMessageError):
+        await a.put_dead_letter(Envelope(q, "no-body", 2), reason="r")
 
 
 # ---------------------------------------------------------------------------- dedup / ids
@@ -495,7 +571,9 @@ async def test_outbox_retry_is_deduplicated(broker: NatsBroker) -> None:
     [d] = await broker.receive(q, 1, 30)
     outbox = [env("out2", "o1")]
     # a first attempt published the outbox then crashed before the ack:
-    await broker._publish_envelope(outbox[0], msg_id="x", duplicate_ok=True, enqueued_at=1.0)
+    await broker._publisher.publish_envelope(
+        outbox[0], msg_id="x", duplicate_ok=True, enqueued_at=1.0
+    )
     assert await broker.ack(q, [settle(d)], processed_key="k", outbox=outbox) == [True]
     # the retry uses the same derived id, so a second ack attempt adds nothing
     await broker.send([env(q, "in-again")])
@@ -550,6 +628,7 @@ async def test_close_then_broker_closed(broker: NatsBroker) -> None:
         broker.release("q", Settlement("m", "1.1")),
         broker.renew("q", [Settlement("m", "1.1")], 30),
         broker.dead_letter("q", Settlement("m", "1.1"), reason="x"),
+        broker.put_dead_letter(env("q", "n"), reason="x"),
         broker.dead_letters("q"),
         broker.resubmit("q", "m"),
         broker.purge_dead_letters("q"),
@@ -562,10 +641,17 @@ async def test_close_then_broker_closed(broker: NatsBroker) -> None:
         broker.unbind("t", "q"),
         broker.bindings("t"),
         broker.wait("q", 0.1),
+        broker.listen_direct("q", _take_all),
+        broker.send_direct(env("q", "n")),
+        broker.hand_off(env("q", "n")),
     ]
     for call in calls:
         with pytest.raises(BrokerClosedError):
             await call
+
+
+async def _take_all(body: bytes) -> bool:
+    return True
 
 
 async def test_close_hands_back_unsettled_locks(open_broker: OpenBroker) -> None:
@@ -609,12 +695,15 @@ async def test_survives_a_server_restart_while_open(nats_private_server: NatsSer
         nats_private_server.restart()
         # publishes are retried while the client reconnects
         assert await broker.send([env("q", "after")]) == [True]
-        got: list = []
-        deadline = time.monotonic() + 10
-        while len(got) < 2 and time.monotonic() < deadline:
-            got += await broker.receive("q", 10, 30)
+        got: list[Delivery] = []
+
+        async def both() -> bool:
+            got.extend(await broker.receive("q", 10, 30))
             if len(got) < 2:
                 await broker.wait("q", 0.2)
+            return len(got) >= 2
+
+        await eventually(both, 10, "both messages after the restart")
         assert sorted(d.message_id for d in got) == ["after", "before"]
     finally:
         await broker.close()

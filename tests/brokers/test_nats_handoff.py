@@ -13,8 +13,9 @@ import pytest_asyncio
 from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.messaging.brokers.base import Envelope
 from AgentOperatingSystem.messaging.brokers.nats import NatsBroker, create_nats_broker
+from AgentOperatingSystem.messaging.brokers.nats.handoff import HANDOFF_ACTIVE_SECONDS
 from AgentOperatingSystem.messaging.bus import MessageBus
-from AgentOperatingSystem.messaging.clock import SystemClock
+from AgentOperatingSystem.messaging.clock import ManualClock, SystemClock
 from AgentOperatingSystem.messaging.errors import RequestFailedError
 from AgentOperatingSystem.messaging.metadata import DLQ_ATTEMPTS, DLQ_ERROR, DLQ_REASON
 from AgentOperatingSystem.messaging.types import Message, MessageType
@@ -196,12 +197,21 @@ async def test_stop_puts_a_handoff_held_by_a_stuck_handler_back_in_the_queue(
         assert response.content == {"by": "second"}
 
 
+@pytest.fixture
+def clock() -> ManualClock:
+    """The consumer's clock: its handoff window and sweep move only when a test says so."""
+    return ManualClock()
+
+
 @pytest_asyncio.fixture
-async def brokers(nats_url: str, nats_namespace: str) -> AsyncIterator[list[NatsBroker]]:
-    """Two engines (two connections: two processes as far as NATS can tell)."""
+async def brokers(
+    nats_url: str, nats_namespace: str, clock: ManualClock
+) -> AsyncIterator[list[NatsBroker]]:
+    """Two engines (two connections: two processes as far as NATS can tell): the consumer
+    on ``clock``, the sender on the system clock."""
     pair = [
-        await create_nats_broker(nats_url, clock=SystemClock(), namespace=nats_namespace)
-        for _ in range(2)
+        await create_nats_broker(nats_url, clock=c, namespace=nats_namespace)
+        for c in (clock, SystemClock())
     ]
     try:
         yield pair
@@ -250,7 +260,9 @@ async def test_a_quick_answer_rides_back_on_the_handoff_and_is_never_lost(
     assert await consumer.depth("cfo") == 0
 
 
-async def test_an_unclaimed_handoff_goes_to_the_durable_queue(brokers: list[NatsBroker]) -> None:
+async def test_an_unclaimed_handoff_goes_to_the_durable_queue(
+    brokers: list[NatsBroker], clock: ManualClock
+) -> None:
     consumer, sender = brokers
     consumer.handoff_grace = 0.05
     await consuming(consumer, "cfo")
@@ -258,6 +270,7 @@ async def test_an_unclaimed_handoff_goes_to_the_durable_queue(brokers: list[Nats
     assert await sender.hand_off(Envelope("cfo", "m1", 1, b'{"x":1}'), wait=0.5) is True
 
     async def queued() -> bool:
+        clock.advance(consumer.handoff_grace)  # the sweep runs on the consumer's clock
         return await sender.depth("cfo") == 1
 
     await eventually(queued, 10, "the unclaimed handoff in the queue")
@@ -285,7 +298,7 @@ async def test_a_released_handoff_keeps_its_attempt_and_error(brokers: list[Nats
 
 
 async def test_a_handoff_is_declined_when_the_consumer_is_behind_busy_or_absent(
-    brokers: list[NatsBroker],
+    brokers: list[NatsBroker], clock: ManualClock
 ) -> None:
     consumer, sender = brokers
     # absent: nobody consumes the queue anywhere (the server says "no responders")
@@ -301,7 +314,7 @@ async def test_a_handoff_is_declined_when_the_consumer_is_behind_busy_or_absent(
     # busy: caught up, but it has not waited on the queue for longer than it would take
     rest = await consumer.receive("cfo", 10, 30)
     assert [d.message_id for d in rest] == ["q1"]
-    await asyncio.sleep(0.6)  # HANDOFF_ACTIVE_SECONDS (0.5) without a wait: a long handler
+    clock.advance(HANDOFF_ACTIVE_SECONDS + 0.1)  # that long without a wait: a long handler
     assert await sender.hand_off(Envelope("cfo", "m3", 2, b"{}"), wait=0.5) is False
     assert await consumer.ack("cfo", first + rest) == [True, True]
     assert consumer.handoffs_taken == 0
@@ -320,3 +333,28 @@ async def test_close_puts_taken_handoffs_back_in_the_queue(brokers: list[NatsBro
     await consumer.close()
     assert await asyncio.gather(*offers) == [True, True]
     assert await sender.depth("cfo") == 2
+
+
+async def test_the_handoff_window_runs_on_the_engine_clock(
+    brokers: list[NatsBroker], clock: ManualClock
+) -> None:
+    """A consumer is live for HANDOFF_ACTIVE_SECONDS on its clock after it received or
+    waited: a handoff inside the window is taken, one after it declined, whatever the wall
+    clock says."""
+    consumer, sender = brokers
+    await consuming(consumer, "cfo")
+    clock.advance(HANDOFF_ACTIVE_SECONDS)  # the edge of the window: still live
+    assert await sender.hand_off(Envelope("cfo", "m1", 2, b"{}"), wait=0.5) is True
+    [first] = await consumer.receive("cfo", 10, 30)
+    assert first.message_id == "m1"
+    assert await consumer.ack("cfo", [first]) == [True]
+    assert await consumer.receive("cfo", 10, 30) == []  # caught up, and live from now
+    clock.advance(HANDOFF_ACTIVE_SECONDS + 0.01)  # idle past the window
+    assert await sender.hand_off(Envelope("cfo", "m2", 2, b"{}"), wait=0.5) is False
+    await consumer.wait("cfo", 0.01)  # waiting again: live
+    assert await sender.hand_off(Envelope("cfo", "m3", 2, b"{}"), wait=0.5) is True
+    [third] = await consumer.receive("cfo", 10, 30)
+    assert third.message_id == "m3"
+    assert await consumer.ack("cfo", [third]) == [True]
+    assert consumer.handoffs_taken == 2
+    assert await sender.depth("cfo") == 0  # m2 was declined, not stored by the engine

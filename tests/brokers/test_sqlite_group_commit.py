@@ -14,6 +14,7 @@ import pytest
 from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.messaging.brokers.base import Envelope
 from AgentOperatingSystem.messaging.brokers.sqlite import SqliteBroker
+from AgentOperatingSystem.messaging.brokers.sqlite.writer import Op
 from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.codec.envelope import encode
 from AgentOperatingSystem.messaging.errors import (
@@ -38,20 +39,21 @@ def _env(queue: str, i: int, message_id: str | None = None) -> Envelope:
 
 
 class _Held:
-    """Holds the engine's worker thread inside a transaction until released, so every send
-    made meanwhile lands in the next group."""
+    """Holds the engine's writer thread inside a transaction until released, so every send
+    made meanwhile lands in the next group; counts the size of each group it commits."""
 
     def __init__(self, broker: SqliteBroker) -> None:
         self.gate = threading.Event()
         self.entered = threading.Event()
         self.groups: list[int] = []
-        original = broker._execute
+        writer = broker._writer
+        original = writer._execute
 
-        def counting(conn: sqlite3.Connection, group: list) -> None:  # type: ignore[type-arg]
+        def counting(conn: sqlite3.Connection, group: list[Op]) -> None:
             self.groups.append(len(group))
             original(conn, group)
 
-        broker._execute = counting  # type: ignore[method-assign]
+        writer._execute = counting  # type: ignore[method-assign]
 
         def hold(_conn: sqlite3.Connection) -> None:
             self.entered.set()

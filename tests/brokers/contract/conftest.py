@@ -1,13 +1,19 @@
 """The engine harness: every contract test runs once per engine.
 
-memory and sqlite run on a :class:`ManualClock` (time moves only when a test says so); nats
-runs on the real clock against a nats-server this fixture starts, so ``advance`` sleeps there.
+memory and sqlite run on a :class:`ManualClock`: time moves only when a test says so, and
+``advance`` moves it at once. nats runs on the real clock against the session nats-server,
+because the server keeps its own time: a lock is the consumer's ``ack_wait``, a delay is a
+``nak(delay)`` and the dedup window is the stream's ``duplicate_window``, all counted by the
+server in real time. So on nats ``advance`` really sleeps; each test advances only a little
+past the deadline it checks (a lock of 1 s is checked after 1.3 s).
+
+The nats case carries the ``nats`` marker, and its namespace (a fresh one per test) has its
+streams and buckets deleted when the test ends, after every bus of the harness stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -17,9 +23,8 @@ import pytest
 from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.clock import SYSTEM_CLOCK, Clock, ManualClock
+from tests.support.engines import engine_params, engine_url
 from tests.support.waiting import eventually
-
-ENGINES = ["memory", "sqlite", "nats"]
 
 
 @dataclass
@@ -33,10 +38,12 @@ class Harness:
 
     @property
     def manual(self) -> bool:
+        """True when time moves only by :meth:`advance` (memory, sqlite)."""
         return isinstance(self.clock, ManualClock)
 
     async def advance(self, seconds: float) -> None:
-        """Move time forward: instantly on a manual clock, by sleeping on the real one."""
+        """Move time forward: instantly on a manual clock; on nats by sleeping, since the
+        server times locks, delays and the dedup window itself (see the module docstring)."""
         if isinstance(self.clock, ManualClock):
             self.clock.advance(seconds)
             for _ in range(5):
@@ -64,20 +71,14 @@ class Harness:
         await eventually(predicate, timeout)
 
 
-@pytest.fixture(params=ENGINES)
+@pytest.fixture(params=engine_params())
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
-    engine = request.param
-    clock: Clock
-    if engine == "memory":
-        url, clock = "memory://", ManualClock()
-    elif engine == "sqlite":
-        url, clock = f"sqlite:///{tmp_path / 'contract.db'}", ManualClock()
-    else:
-        server = request.getfixturevalue("nats_server")
-        url, clock = f"{server.url}?namespace=t{uuid.uuid4().hex[:10]}", SYSTEM_CLOCK
-    h = Harness(engine, url, clock)
-    try:
-        yield h
-    finally:
-        for bus in h.buses:
-            await bus.stop()
+    engine: str = request.param
+    clock: Clock = SYSTEM_CLOCK if engine == "nats" else ManualClock()
+    async with engine_url(request, engine, tmp_path, name="contract") as url:
+        h = Harness(engine, url, clock)
+        try:
+            yield h
+        finally:
+            for bus in h.buses:
+                await bus.stop()

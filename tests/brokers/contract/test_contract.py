@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from AgentOperatingSystem.messaging.brokers.base import Envelope
+from AgentOperatingSystem.messaging.brokers.base import (
+    Broker,
+    DirectDelivery,
+    Envelope,
+    LocalPut,
+)
+from AgentOperatingSystem.messaging.brokers.memory import MemoryBroker
+from AgentOperatingSystem.messaging.codec.envelope import encode
 from AgentOperatingSystem.messaging.errors import (
     QueueFullError,
     RequestFailedError,
@@ -16,23 +23,11 @@ from AgentOperatingSystem.messaging.errors import (
     UnknownMessageError,
 )
 from AgentOperatingSystem.messaging.types import Message, MessagePriority, MessageType
+from tests.support.messages import task
 
 from .conftest import Harness
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def task(
-    recipient: str, n: int, priority: MessagePriority = MessagePriority.NORMAL, **kw: Any
-) -> Message:
-    return Message(
-        message_type=MessageType.TASK,
-        sender_id="orchestrator",
-        recipient_id=recipient,
-        content={"n": n},
-        priority=priority,
-        **kw,
-    )
 
 
 async def test_priority_order_then_fifo(harness: Harness) -> None:
@@ -48,7 +43,7 @@ async def test_priority_order_then_fifo(harness: Harness) -> None:
         MessagePriority.NORMAL,
     ]
     for i, p in enumerate(prios):
-        await bus.publish(task("ceo", i, p))
+        await bus.publish(task("ceo", i, priority=p))
     got = await bus.get_messages("ceo", limit=20)
     expected = sorted(range(len(prios)), key=lambda i: (prios[i].value, i))
     assert [m.content["n"] for m in got] == expected
@@ -81,7 +76,7 @@ async def test_a_message_back_from_an_expired_lock_keeps_its_place(harness: Harn
     (first,) = await bus.get_messages("ceo", 1)
     assert first.content["n"] == 1
     await bus.publish(task("ceo", 3))
-    await bus.publish(task("ceo", 4, MessagePriority.HIGH))
+    await bus.publish(task("ceo", 4, priority=MessagePriority.HIGH))
     await harness.advance(1.3)
     got = await bus.get_messages("ceo", 10)
     assert [m.content["n"] for m in got] == [4, 1, 2, 3]
@@ -472,3 +467,74 @@ async def test_late_response_reaches_the_requesters_own_queue(harness: Harness) 
     (late,) = await bus.get_messages("ceo_agent")
     assert late.message_type is MessageType.RESPONSE
     assert late.content == {"revenue": 42}
+
+
+def _dead_envelope(queue: str, message: Message) -> Envelope:
+    return Envelope(queue, message.message_id, message.priority.value, body=encode(message))
+
+
+async def test_put_dead_letter_stores_it_dead_and_resubmit_makes_it_deliverable(
+    harness: Harness,
+) -> None:
+    """A message that failed before it reached its queue (a network send that gave up) is
+    put straight into the queue's dead-letter queue: listed, counted, never delivered."""
+    bus = await harness.bus()
+    broker = bus.broker
+    msg = task("ceo", 5)
+    env = _dead_envelope("ceo", msg)
+    assert await broker.put_dead_letter(env, reason="unreachable", error="refused", attempts=3)
+    (dead,) = await broker.dead_letters("ceo")
+    assert (dead.queue, dead.message_id, dead.reason, dead.error, dead.attempts) == (
+        "ceo",
+        msg.message_id,
+        "unreachable",
+        "refused",
+        3,
+    )
+    assert await broker.depth("ceo") == 0
+    assert await broker.dead_letter_depth("ceo") == 1
+    assert await broker.receive("ceo", 10, 1.0) == []
+    await harness.advance(1.3)
+    assert await broker.receive("ceo", 10, 1.0) == []  # not merely delayed: never deliverable
+    (seen,) = await bus.get_dead_letter_messages("ceo")
+    assert seen.content == {"n": 5}
+    assert seen.metadata["aos.dead_letter.reason"] == "unreachable"
+    assert seen.metadata["aos.dead_letter.attempts"] == 3
+
+    assert await broker.resubmit("ceo", msg.message_id)
+    assert await broker.dead_letter_depth("ceo") == 0
+    assert await broker.depth("ceo") == 1
+    (back,) = await broker.receive("ceo", 10, 30.0)
+    assert (back.message_id, back.attempts) == (msg.message_id, 1)  # attempts reset
+    assert await broker.ack("ceo", [back]) == [True]
+    assert await broker.depth("ceo") == 0
+
+
+async def test_put_dead_letter_of_an_id_already_dead_is_refused(harness: Harness) -> None:
+    bus = await harness.bus()
+    broker = bus.broker
+    first = task("ceo", 1)
+    twin = task("ceo", 2, message_id=first.message_id)
+    assert await broker.put_dead_letter(_dead_envelope("ceo", first), reason="unreachable")
+    assert not await broker.put_dead_letter(_dead_envelope("ceo", twin), reason="other")
+    (dead,) = await broker.dead_letters("ceo")  # the first, untouched
+    assert (dead.reason, dead.error, dead.attempts) == ("unreachable", None, 0)
+    (seen,) = await bus.get_dead_letter_messages("ceo")
+    assert seen.content == {"n": 1}
+    # a dead letter of the same id in another queue is another dead letter
+    assert await broker.put_dead_letter(_dead_envelope("cfo", twin), reason="unreachable")
+    assert await broker.dead_letter_depth("cfo") == 1
+    assert await broker.dead_letter_depth("ceo") == 1
+
+
+async def test_optional_capabilities_are_declared_by_type(harness: Harness) -> None:
+    bus = await harness.bus()
+    broker = bus.broker
+    assert isinstance(broker, Broker)
+    assert isinstance(broker, LocalPut) is (harness.engine == "memory")
+    assert isinstance(broker, DirectDelivery) is (harness.engine == "nats")
+
+
+def test_the_memory_engine_takes_local_puts() -> None:
+    local: LocalPut = MemoryBroker()  # checked statically too
+    assert isinstance(local, LocalPut)

@@ -9,16 +9,11 @@ import pytest
 
 from AgentOperatingSystem.messaging.errors import BrokerClosedError
 from AgentOperatingSystem.messaging.types import Message, MessageType
+from tests.support.messages import task
 
 from .conftest import Harness
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def task(recipient: str, n: int) -> Message:
-    return Message(
-        message_type=MessageType.TASK, sender_id="o", recipient_id=recipient, content={"n": n}
-    )
 
 
 async def test_no_task_outlives_stop(harness: Harness) -> None:
@@ -46,21 +41,45 @@ async def test_stop_lets_a_running_handler_finish_and_acks_it(harness: Harness) 
     bus = await harness.bus(shutdown_timeout=10)
     started, release = asyncio.Event(), asyncio.Event()
     finished: list[int] = []
+    order: list[str] = []
+    engine = bus.broker
+    close_engine = engine.close
+    engine_closing = asyncio.Event()
+
+    async def closing() -> None:  # the bus closes its engine last, after its handlers
+        order.append("engine closed")
+        engine_closing.set()
+        await close_engine()
+
+    engine.close = closing  # type: ignore[method-assign]
 
     async def handler(msg: Message) -> None:
         started.set()
         await release.wait()
         finished.append(msg.content["n"])
+        order.append("handler finished")
+
+    async def stop() -> None:
+        await bus.stop()
+        order.append("stop returned")
 
     await bus.subscribe("worker", [MessageType.TASK], handler)
     await bus.publish(task("worker", 1))
     await asyncio.wait_for(started.wait(), 10)
-    stopping = asyncio.create_task(bus.stop())
-    await asyncio.sleep(0.05)
-    assert not stopping.done()  # waits for the handler
+    stopping = asyncio.create_task(stop())
+    await harness.eventually(lambda: not bus.started)  # stop has begun: no more publishes
+    # A stop that did not wait would now go on to close the engine and return; give it
+    # ample time to (it needs a few loop turns), watching for either.
+    closed = asyncio.create_task(engine_closing.wait())
+    early, _ = await asyncio.wait(
+        {stopping, closed}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED
+    )
+    assert not early and order == []  # waits for the handler
     release.set()
     await asyncio.wait_for(stopping, 10)
+    await closed
     assert finished == [1]
+    assert order == ["handler finished", "engine closed", "stop returned"]
     if harness.engine != "memory":  # a new bus on the same store: the message was acked
         again = await harness.bus()
         assert await again.queue_depth("worker") == 0

@@ -123,7 +123,7 @@ class Broker(Protocol):
 
         Atomic where the engine has transactions (memory, sqlite: all or none). On NATS the
         checks run first and the publishes follow, so a failure part-way can leave some
-        enqueued (documented in ``brokers/nats.py``).
+        enqueued (documented in ``brokers/nats/publish.py``).
 
         An envelope whose ``dedup_key`` was sent within ``dedup_window`` seconds is not
         enqueued (False). Raises ``QueueFullError`` (nothing enqueued) when a queue would go
@@ -167,6 +167,14 @@ class Broker(Protocol):
         self, queue: str, settlement: SettlementRef, *, reason: str, error: str | None = None
     ) -> bool:
         """Move a locked message to the queue's dead-letter queue with a reason."""
+        ...
+
+    async def put_dead_letter(
+        self, envelope: Envelope, *, reason: str, error: str | None = None, attempts: int = 0
+    ) -> bool:
+        """Store ``envelope`` straight in its queue's dead-letter queue, with a reason, without
+        it ever being deliverable (a message that failed before it reached a queue: a network
+        send that gave up). False when a dead letter of that id is already there."""
         ...
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:

@@ -445,6 +445,31 @@ class MemoryBroker:
         )
         return True
 
+    async def put_dead_letter(
+        self, envelope: Envelope, *, reason: str, error: str | None = None, attempts: int = 0
+    ) -> bool:
+        """Store the envelope straight in its queue's dead-letter queue (never deliverable);
+        False when a dead letter of that id is there already."""
+        self._check()
+        q = self._q(envelope.queue)
+        if envelope.message_id in q.dead:
+            return False
+        now = self._clock.now()
+        q.dead[envelope.message_id] = DeadLetter(
+            envelope.queue,
+            envelope.message_id,
+            envelope.priority,
+            envelope.body,
+            envelope.message,
+            envelope.options,
+            reason,
+            error,
+            attempts,
+            now,
+            now,
+        )
+        return True
+
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Oldest first."""
         self._check()
