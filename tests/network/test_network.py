@@ -18,7 +18,13 @@ import pytest
 from aiohttp import web
 
 from AgentOperatingSystem.config.messagebus import MessageBusConfig
-from AgentOperatingSystem.config.network import NetworkConfig
+from AgentOperatingSystem.config.network import (
+    NetworkConfig,
+    NetworkSettings,
+    PoolConfig,
+    RetryConfig,
+    _Flat,
+)
 from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.clock import ManualClock
 from AgentOperatingSystem.messaging.codec.envelope import encode
@@ -31,17 +37,17 @@ from AgentOperatingSystem.messaging.errors import (
     RemoteError,
     UnknownAgentError,
 )
-from AgentOperatingSystem.messaging.network.node import (
+from AgentOperatingSystem.messaging.network.auth import (
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
-    ConnectionPool,
-    NetworkProtocol,
-    normalize_address,
-    outbox_queue,
     sign_request,
     signature_headers,
     verify_request,
 )
+from AgentOperatingSystem.messaging.network.node import NetworkProtocol
+from AgentOperatingSystem.messaging.network.outbox import outbox_queue
+from AgentOperatingSystem.messaging.network.pool import ConnectionPool
+from AgentOperatingSystem.messaging.network.wire import normalize_address
 from AgentOperatingSystem.messaging.types import Message, MessagePriority, MessageType
 from AgentOperatingSystem.reliability.circuit_breaker import CircuitState
 from AgentOperatingSystem.storage.manager import StorageManager
@@ -158,6 +164,51 @@ def test_auth_secret_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch
     assert NetworkConfig().secret == SECRET.encode()
     monkeypatch.delenv("AOS_NETWORK_SECRET")
     assert NetworkConfig().secret is None
+
+
+def test_config_groups_take_and_read_every_flat_setting() -> None:
+    c = NetworkConfig(
+        port=0,
+        max_retries=5,
+        retry_jitter=0.5,
+        circuit_window_seconds=9.0,
+        batch_after=2,
+        registry_cache_seconds=0.0,
+        outbox_poll_interval=0.5,
+        a2a_max_tasks=7,
+    )
+    assert c.server.port == 0 and c.port == 0
+    assert c.retry.max_retries == 5 and c.retry.jitter == 0.5 and c.retry_jitter == 0.5
+    assert c.circuit.window_seconds == 9.0 and c.circuit_window_seconds == 9.0
+    assert c.batching.batch_after == 2 and c.batch_after == 2
+    assert c.registry.cache_seconds == 0.0 and c.registry_cache_seconds == 0.0
+    assert c.outbox.poll_interval == 0.5 and c.a2a.max_tasks == 7 and c.a2a_max_tasks == 7
+    c.max_retries = 6  # a flat name also writes its group's setting
+    assert c.retry.max_retries == 6 and c.max_attempts == 7
+    # every flat keyword is a setting of one group, taken and read by its flat name
+    defaults = NetworkConfig()
+    assert set(NetworkSettings.__annotations__) == {
+        name for name in dir(NetworkConfig) if isinstance(vars(NetworkConfig).get(name), _Flat)
+    }
+    for name in NetworkSettings.__annotations__:
+        value = getattr(defaults, name)
+        assert NetworkConfig(**{name: value}) == defaults, name
+    with pytest.raises(TypeError, match="prot"):
+        NetworkConfig(prot=80)  # type: ignore[call-arg]
+    # a whole group, with flat keywords on top; the group given is not changed
+    given = RetryConfig(max_retries=1, initial_delay=0.5)
+    c = NetworkConfig(retry=given, max_retries=2)
+    assert (c.max_retries, c.retry_initial_delay, given.max_retries) == (2, 0.5, 1)
+    with pytest.raises(ConfigurationError, match="RetryConfig"):
+        NetworkConfig(retry=PoolConfig())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="retry_jitter"):
+        RetryConfig(jitter=2.0)  # each group checks its own settings
+    # replace(): a copy of every group, validated
+    d = c.replace(max_connections=3)
+    assert d.max_connections == 3 and c.max_connections == 100
+    assert d.retry == c.retry and d.retry is not c.retry
+    with pytest.raises(ConfigurationError):
+        c.replace(max_connections=0)
 
 
 def test_normalize_address() -> None:
@@ -583,6 +634,96 @@ async def test_bus_resubmit_is_delivered_by_the_outbox_pump() -> None:
                 assert await bus_a.queue_depth(outbox_queue("s")) == 0
 
 
+async def test_reset_circuit_closes_a_node_circuit_at_once() -> None:
+    port = free_port()
+    address = f"http://127.0.0.1:{port}"
+    clock = ManualClock(start=time.time())  # never advanced: the circuit recovers only by reset
+    config = cfg(max_retries=0, circuit_failure_threshold=1, circuit_recovery_timeout=3600)
+    async with memory_bus() as bus_a, memory_bus() as bus_b:
+        a = NetworkProtocol(config, bus_a, clock=clock)
+        async with a:
+            await a.register_agent("remote_agent", address)
+            with pytest.raises(AgentUnreachableError, match="did not answer"):
+                await a.send_message("s", "remote_agent", {"i": 0})
+            assert a.pool.circuit(address).state is CircuitState.OPEN
+            b = NetworkProtocol(cfg(port=port), bus_b)
+            async with b:
+                q = await inbox(bus_b, "remote_agent")
+                await b.register_agent("remote_agent")
+                # the node is back, but its circuit stays open for an hour of this clock
+                with pytest.raises(AgentUnreachableError, match="circuit is open"):
+                    await a.send_message("s", "remote_agent", {"i": 1})
+                a.pool.reset_circuit(f"HTTP://127.0.0.1:{port}/")  # any spelling of the node
+                assert a.pool.circuit(address).state is CircuitState.CLOSED
+                before = a.pool.requests_sent
+                receipt = await a.send_message("s", "remote_agent", {"i": 2})
+                assert receipt.address == address and a.pool.requests_sent == before + 1
+                assert (await next_message(q)).content == {"i": 2}
+
+
+async def test_a_failed_send_goes_straight_to_the_dead_letters_and_a_repeat_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with memory_bus() as bus:
+        node = NetworkProtocol(cfg(max_retries=0, circuit_failure_threshold=100), bus)
+        async with node:
+            await node.register_agent("far", f"http://127.0.0.1:{free_port()}")
+            msg = Message(sender_id="s", recipient_id="far", content={"once": True})
+            caplog.set_level("INFO", logger="aos.messaging.network")
+            for _ in range(2):  # the same message fails twice: one dead letter, no other error
+                with pytest.raises(AgentUnreachableError):
+                    await node.send_message("s", "far", msg)
+            (failed,) = await node.get_failed_messages("s")
+            assert failed.message_id == msg.message_id
+            assert failed.metadata["aos.dead_letter.reason"] == "unreachable"
+            assert failed.metadata["aos.dead_letter.attempts"] == 1
+            assert await bus.queue_depth(outbox_queue("s")) == 0  # never deliverable there
+            assert f"message {msg.message_id} is already in {outbox_queue('s')}" in caplog.text
+            assert "could not dead-letter" not in caplog.text
+
+
+async def test_resubmit_failed_reports_all_it_put_back_while_the_pump_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = free_port()
+    async with memory_bus() as bus_a, memory_bus() as bus_b:
+        a = NetworkProtocol(cfg(max_retries=0, circuit_failure_threshold=100), bus_a)
+        async with a:
+            await a.register_agent("remote_agent", f"http://127.0.0.1:{port}")
+            for i in range(3):
+                with pytest.raises(AgentUnreachableError):
+                    await a.send_message("s", "remote_agent", {"i": i})
+            sent = [m.message_id for m in await a.get_failed_messages("s")]
+            broker = bus_a.broker
+            resubmit, depth = broker.resubmit, broker.depth
+            pump_saw_it = asyncio.Event()
+
+            async def seen_depth(queue: str) -> int:
+                n = await depth(queue)
+                if n > 0 and queue == outbox_queue("s"):
+                    pump_saw_it.set()  # the pump goes on to drain the queue (its lock)
+                return n
+
+            async def resubmit_then_let_the_pump_look(queue: str, message_id: str) -> bool:
+                ok = await resubmit(queue, message_id)
+                if not pump_saw_it.is_set():
+                    a.wake_outbox()
+                    await asyncio.wait_for(pump_saw_it.wait(), 5.0)
+                return ok
+
+            monkeypatch.setattr(broker, "depth", seen_depth)
+            monkeypatch.setattr(broker, "resubmit", resubmit_then_let_the_pump_look)
+            b = NetworkProtocol(cfg(port=port), bus_b)
+            async with b:
+                q = await inbox(bus_b, "remote_agent")
+                await b.register_agent("remote_agent")
+                report = await a.resubmit_failed("s")
+                assert sorted(report.delivered) == sorted(sent) and report.failed == []
+                got = sorted([(await next_message(q)).content["i"] for _ in range(3)])
+                assert got == [0, 1, 2]
+                assert await bus_a.queue_depth(outbox_queue("s")) == 0
+
+
 async def test_a_resubmitted_message_that_had_arrived_is_not_delivered_twice(pair: Pair) -> None:
     q = await inbox(pair.bus_b, "remote_agent")
     await pair.b.register_agent("remote_agent")
@@ -776,7 +917,7 @@ async def test_public_url_is_advertised(pair: Pair) -> None:
             assert [a.agent_id for a in await node.hosted_agents()] == ["a1"]
             # a card fetched through the real port still names the public address
             async with aiohttp.ClientSession() as s:
-                port = node._runner.addresses[0][1]  # type: ignore[union-attr]
+                port = node._server.runner.addresses[0][1]  # type: ignore[union-attr]
                 card_url = f"http://127.0.0.1:{port}/agents/a1/.well-known/agent-card.json"
                 async with s.get(card_url) as resp:
                     card = await resp.json()

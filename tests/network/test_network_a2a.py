@@ -33,6 +33,7 @@ from AgentOperatingSystem.config.network import NetworkConfig
 from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.network_protocol import NetworkProtocol
 from AgentOperatingSystem.messaging.types import Message, MessageType
+from tests.support.waiting import eventually
 
 SECRET = "network-test-secret-0123456789"
 
@@ -242,11 +243,13 @@ async def test_return_immediately_then_get_and_cancel(node: Node) -> None:
 
         (event,) = await collect(client, user_message("slow"))
         node.release.set()
-        for _ in range(200):
+
+        async def completed() -> bool:
+            nonlocal got
             got = await client.get_task(GetTaskRequest(id=event.task.id))
-            if got.status.state == TaskState.TASK_STATE_COMPLETED:
-                break
-            await asyncio.sleep(0.01)
+            return bool(got.status.state == TaskState.TASK_STATE_COMPLETED)
+
+        await eventually(completed, what="the task to complete")
         assert got.status.state == TaskState.TASK_STATE_COMPLETED
         assert got.artifacts[0].parts[0].text == "finally"
         await client.close()

@@ -19,15 +19,13 @@ from AgentOperatingSystem.messaging.errors import (
     AgentUnreachableError,
     UnknownAgentError,
 )
-from AgentOperatingSystem.messaging.network.node import (
-    CLOUDEVENTS_BATCH,
-    MAX_BATCH_MESSAGES,
-    NetworkProtocol,
-    signature_headers,
-)
+from AgentOperatingSystem.messaging.network.auth import signature_headers
+from AgentOperatingSystem.messaging.network.node import NetworkProtocol
+from AgentOperatingSystem.messaging.network.wire import CLOUDEVENTS_BATCH, MAX_BATCH_MESSAGES
 from AgentOperatingSystem.messaging.types import Message
 from AgentOperatingSystem.storage.manager import StorageManager
 from tests.network.test_network import SECRET, Pair, cfg, free_port, inbox, memory_bus, next_message
+from tests.support.waiting import eventually
 
 PATH = "/aos/v1/messages"
 
@@ -123,43 +121,59 @@ async def test_a_batch_to_a_node_that_is_down_fails_every_send_and_loses_none() 
 async def test_a_cancelled_batch_leaves_the_others_to_a_new_request(
     pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Message 0 goes alone; 1, 2 and 3 wait and go as one batch, led by 1's send, which is
+    cancelled while node B holds that batch. 2 and 3 go again in a new request and arrive;
+    B then finishes the first batch: 1 arrives, and 2 and 3 are duplicates there."""
     q = await inbox(pair.bus_b, "sink")
     await pair.b.register_agent("sink")
     admit = pair.b._admit
-    gate = asyncio.Event()
-    seen = 0
+    loop = asyncio.get_running_loop()
+    entered = [loop.create_future() for _ in range(2)]  # B holds: message 0; then message 1
+    release = [asyncio.Event(), asyncio.Event()]
+    outcomes: list[tuple[str, bool]] = []  # (message id, duplicate) of each message B admits
+    calls = 0
 
-    async def slow_admit(envelope: Any) -> Any:
-        nonlocal seen
-        seen += 1
-        if seen <= 2:  # the lone first request, then the first message of the first batch
-            await gate.wait()
-        return await admit(envelope)
+    async def held_admit(envelope: Any) -> Any:
+        nonlocal calls
+        n, calls = calls, calls + 1
+        if n < 2:
+            entered[n].set_result(None)
+            await release[n].wait()
+        outcome = await admit(envelope)
+        event_id = envelope.get("id") if isinstance(envelope, dict) else None
+        outcomes.append((event_id or "lone", outcome[3]))
+        return outcome
 
-    monkeypatch.setattr(pair.b, "_admit", slow_admit)
-    first = asyncio.create_task(pair.a.send_message("me", "sink", {"i": 0}))
-    await asyncio.sleep(0.05)
-    leader = asyncio.create_task(pair.a.send_message("me", "sink", {"i": 1}))
-    await asyncio.sleep(0)
-    others = [asyncio.create_task(pair.a.send_message("me", "sink", {"i": i})) for i in (2, 3)]
-    await asyncio.sleep(0.05)
-    gate.set()  # the first request completes: the leader sends [1, 2, 3] ...
-    gate.clear()
-    await asyncio.sleep(0.05)
-    leader.cancel()  # ... and is cancelled while that request is in flight
-    gate.set()
-    await first
+    monkeypatch.setattr(pair.b, "_admit", held_admit)
+    msgs = [Message(sender_id="me", recipient_id="sink", content={"i": i}) for i in range(4)]
+    first = asyncio.create_task(pair.a.send_message("me", "sink", msgs[0]))
+    await entered[0]  # 0's request is in flight: the next sends wait in the lane
+    leader = asyncio.create_task(pair.a.send_message("me", "sink", msgs[1]))
+    await eventually(lambda: pair.a.pool._lanes.waiting(pair.b.url) == 1, what="1 waiting")
+    others = [asyncio.create_task(pair.a.send_message("me", "sink", m)) for m in msgs[2:]]
+    await eventually(lambda: pair.a.pool._lanes.waiting(pair.b.url) == 3, what="3 waiting")
+    release[0].set()  # 0's request completes: the leader sends [1, 2, 3] ...
+    assert (await first).message_id == msgs[0].message_id
+    await entered[1]  # ... and B holds that batch at message 1
+    leader.cancel()  # the leader is cancelled while its request is in flight
     with pytest.raises(asyncio.CancelledError):
         await leader
-    receipts = await asyncio.gather(*others)
-    assert [r.message_id for r in receipts] == [t.result().message_id for t in others]
-    got: list[int] = []
-    while not {0, 2, 3} <= set(got):  # 2 and 3 went in a new request (bounded: next_message)
-        got.append((await next_message(q)).content["i"])
-    await asyncio.sleep(0.1)
-    while not q.empty():
-        got.append(q.get_nowait().content["i"])
-    assert sorted(got) in ([0, 2, 3], [0, 1, 2, 3])  # 1 maybe (cancelled); none twice
+    receipts = await asyncio.gather(*others)  # 2 and 3 went again, in a new request
+    assert [r.message_id for r in receipts] == [m.message_id for m in msgs[2:]]
+    assert not any(r.duplicate for r in receipts)
+    release[1].set()  # B finishes the cancelled batch (its client has gone)
+    await eventually(lambda: len(outcomes) == 6, what="B to admit the first batch")
+    ids = [m.message_id for m in msgs]
+    assert outcomes == [
+        ("lone", False),  # 0, alone
+        (ids[2], False),  # the new request: 2 and 3
+        (ids[3], False),
+        (ids[1], False),  # the cancelled batch: 1 is new, 2 and 3 are duplicates
+        (ids[2], True),
+        (ids[3], True),
+    ]
+    got = sorted([(await next_message(q)).content["i"] for _ in range(4)])
+    assert got == [0, 1, 2, 3]  # each once: B published exactly these four
 
 
 async def test_the_batch_endpoint_answers_each_message(pair: Pair) -> None:
@@ -191,8 +205,9 @@ async def test_the_batch_endpoint_answers_each_message(pair: Pair) -> None:
     assert results[1]["error"]["code"] == "unknown_agent"
     assert results[2]["error"]["code"] == "bad_request"
     assert (await next_message(q)).content == {"n": 1}
-    await asyncio.sleep(0.05)
-    assert q.empty()  # the repeated message was not delivered twice
+    # FIFO: had the repeated message been enqueued, it would arrive before the marker
+    await pair.bus_b.publish(Message(sender_id="me", recipient_id="sink", content={"marker": 1}))
+    assert (await next_message(q)).content == {"marker": 1}
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,8 @@ from AgentOperatingSystem.messaging.errors import (
     CircuitOpenError,
     NetworkError,
 )
-from AgentOperatingSystem.messaging.network.node import NetworkProtocol, outbox_queue
+from AgentOperatingSystem.messaging.network.node import NetworkProtocol
+from AgentOperatingSystem.messaging.network.outbox import outbox_queue
 from AgentOperatingSystem.messaging.types import Message
 from AgentOperatingSystem.reliability.circuit_breaker import CircuitState
 from tests.support.node_process import NodeProcess

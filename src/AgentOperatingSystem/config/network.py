@@ -8,21 +8,48 @@ variable ``AOS_NETWORK_SECRET``). A node without a secret refuses node-to-node m
 (``401``) unless ``allow_unsigned=True`` (local development only). The A2A endpoints are
 public unless ``a2a_auth_token`` is set, in which case they require
 ``Authorization: Bearer <token>``; agent cards are always public, as A2A discovery expects.
+
+The settings are grouped by concern, one small dataclass each, validated on its own:
+:class:`ServerConfig`, :class:`AuthConfig`, :class:`PoolConfig`, :class:`RetryConfig`,
+:class:`CircuitConfig`, :class:`BatchConfig`, :class:`RegistryConfig`,
+:class:`OutboxConfig` and :class:`A2AConfig`. :class:`NetworkConfig` holds one of each
+(``config.retry``, ``config.a2a``, ...) and also takes and reads every setting by its flat
+name, so ``NetworkConfig(port=8080, auth_secret=..., max_retries=5)`` and
+``config.max_retries`` work as they always did; a flat keyword is applied on top of the
+group it belongs to (``NetworkConfig(retry=RetryConfig(...), port=0)``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Generic, Sequence, TypedDict, TypeVar, Unpack, overload
 from urllib.parse import urlsplit
 
 from ..messaging.errors import ConfigurationError
 
-__all__ = ["NetworkConfig"]
+__all__ = [
+    "A2AConfig",
+    "AuthConfig",
+    "BatchConfig",
+    "CircuitConfig",
+    "NetworkConfig",
+    "NetworkSettings",
+    "OutboxConfig",
+    "PoolConfig",
+    "RegistryConfig",
+    "RetryConfig",
+    "ServerConfig",
+]
 
 #: Shortest accepted shared secret, in bytes.
 MIN_SECRET_BYTES = 16
+
+_T = TypeVar("_T")
+
+
+# ---------------------------------------------------------------------------- checks
 
 
 def _env_secret() -> str | None:
@@ -41,90 +68,85 @@ def _secret_bytes(value: str | bytes, name: str) -> bytes:
     return raw
 
 
-@dataclass
-class NetworkConfig:
-    """Settings of one network node (all times in seconds).
+def _check_url(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{name} must be a string URL")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(f"{name} must be an http(s) URL such as 'http://host:8080'")
+    return value.rstrip("/")
 
-    Listening:
-        ``host``/``port`` to bind (``port=0`` picks a free port; the node's ``url`` tells which);
-        ``public_url`` is the address other nodes and A2A clients use to reach this node
-        (default ``http://{host}:{port}``); ``node_id`` names the node (default: random).
-    Authentication:
-        ``auth_secret`` (>= 16 bytes) signs and verifies node-to-node requests;
-        ``previous_auth_secrets`` are still accepted when verifying (key rotation);
-        ``signature_max_age`` is the accepted clock skew of a request's timestamp;
-        ``allow_unsigned`` accepts unsigned node requests when no secret is set.
-    Connection pool:
-        ``max_connections`` (total) and ``max_connections_per_host`` (0 = no per-host cap) open
-        TCP connections, kept alive for ``idle_timeout``; ``connect_timeout``,
-        ``request_timeout`` bound each request.
-    Retries and circuit breaking (per remote node):
-        a transient failure (connection error, timeout, 429, 5xx) is retried ``max_retries``
-        times after ``retry_initial_delay * retry_backoff_multiplier ** n`` seconds (capped at
-        ``retry_max_delay``, spread by ``retry_jitter``); ``circuit_failure_threshold``
-        failures within ``circuit_window_seconds`` open the node's circuit for
-        ``circuit_recovery_timeout``.
-    Batching (per remote node):
-        while ``batch_after`` requests to one node are in flight, further sends to it wait and
-        go together, up to ``max_batch`` messages (and ``max_body_bytes``) in one request
-        (a CloudEvents JSON batch), each with its own result; ``max_batch=1`` never batches.
-    Limits and storage:
-        ``max_body_bytes`` caps a request body (413 above it); ``storage_url`` selects the
-        StorageManager holding the agent registry when the node is not given one
-        (default ``memory://``); ``registry_cache_seconds`` is how long registry look-ups are
-        cached; ``outbox_poll_interval`` is how often resubmitted failed sends are picked up.
-    A2A:
-        ``a2a_enabled`` serves agent cards and the JSON-RPC endpoints; ``a2a_auth_token``
-        protects the JSON-RPC endpoints; ``a2a_request_timeout`` bounds how long an A2A call
-        waits for the agent; ``a2a_max_tasks`` finished tasks are remembered for ``GetTask``.
+
+def _int_at_least(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigurationError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def _positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+
+
+def _non_negative(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigurationError(f"{name} must be a number >= 0, got {value!r}")
+
+
+def _optional_text(name: str, value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigurationError(f"{name} must be a non-empty string or None")
+
+
+# ---------------------------------------------------------------------------- groups
+
+
+@dataclass
+class ServerConfig:
+    """Where the node listens and what it accepts.
+
+    ``host``/``port`` to bind (``port=0`` picks a free port; the node's ``url`` tells which);
+    ``public_url`` is the address other nodes and A2A clients use to reach this node
+    (default ``http://{host}:{port}``); ``node_id`` names the node (default: random);
+    ``max_body_bytes`` caps a request body, both ways (413 above it); ``shutdown_timeout``
+    bounds how long ``stop()`` waits for requests in progress.
     """
 
     host: str = "127.0.0.1"
     port: int = 8080
     public_url: str | None = None
     node_id: str | None = None
-    auth_secret: str | bytes | None = field(default_factory=_env_secret)
-    previous_auth_secrets: Sequence[str | bytes] = ()
-    allow_unsigned: bool = False
-    signature_max_age: float = 300.0
-    max_connections: int = 100
-    max_connections_per_host: int = 0
-    idle_timeout: float = 300.0
-    connect_timeout: float = 5.0
-    request_timeout: float = 30.0
-    max_retries: int = 3
-    retry_initial_delay: float = 0.1
-    retry_backoff_multiplier: float = 2.0
-    retry_max_delay: float = 5.0
-    retry_jitter: float = 0.1
-    circuit_failure_threshold: int = 5
-    circuit_window_seconds: float = 60.0
-    circuit_recovery_timeout: float = 30.0
     max_body_bytes: int = 1024 * 1024
-    storage_url: str | None = None
-    registry_cache_seconds: float = 1.0
-    outbox_poll_interval: float = 1.0
     shutdown_timeout: float = 5.0
-    a2a_enabled: bool = True
-    a2a_auth_token: str | None = None
-    a2a_request_timeout: float = 60.0
-    a2a_max_tasks: int = 1000
-    batch_after: int = 4
-    max_batch: int = 64
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
             raise ConfigurationError("host must be a non-empty string")
-        if (
-            isinstance(self.port, bool)
-            or not isinstance(self.port, int)
-            or not 0 <= self.port <= 65535
-        ):
-            raise ConfigurationError(f"port must be an int in 0..65535, got {self.port!r}")
+        port = self.port
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigurationError(f"port must be an int in 0..65535, got {port!r}")
         if self.public_url is not None:
             self.public_url = _check_url(self.public_url, "public_url")
-        if self.node_id is not None and (not isinstance(self.node_id, str) or not self.node_id):
-            raise ConfigurationError("node_id must be a non-empty string or None")
+        _optional_text("node_id", self.node_id)
+        _int_at_least("max_body_bytes", self.max_body_bytes, 1024)
+        _positive("shutdown_timeout", self.shutdown_timeout)
+
+
+@dataclass
+class AuthConfig:
+    """How node-to-node requests are signed and checked.
+
+    ``auth_secret`` (>= 16 bytes; default: env ``AOS_NETWORK_SECRET``) signs and verifies
+    them; ``previous_auth_secrets`` are still accepted when verifying (key rotation);
+    ``signature_max_age`` is the accepted clock skew of a request's timestamp;
+    ``allow_unsigned`` accepts unsigned node requests when no secret is set.
+    """
+
+    auth_secret: str | bytes | None = field(default_factory=_env_secret)
+    previous_auth_secrets: Sequence[str | bytes] = ()
+    allow_unsigned: bool = False
+    signature_max_age: float = 300.0
+
+    def __post_init__(self) -> None:
         if self.auth_secret is not None:
             _secret_bytes(self.auth_secret, "auth_secret")
         if isinstance(self.previous_auth_secrets, (str, bytes)):
@@ -132,58 +154,7 @@ class NetworkConfig:
         for old in self.previous_auth_secrets:
             _secret_bytes(old, "previous_auth_secrets entry")
         self.previous_auth_secrets = tuple(self.previous_auth_secrets)
-        ints_min = {
-            "max_connections": 1,
-            "max_connections_per_host": 0,
-            "max_retries": 0,
-            "circuit_failure_threshold": 1,
-            "max_body_bytes": 1024,
-            "a2a_max_tasks": 1,
-            "batch_after": 1,
-            "max_batch": 1,
-        }
-        for name, low in ints_min.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigurationError(f"{name} must be an int >= {low}, got {value!r}")
-        positive = (
-            "signature_max_age",
-            "idle_timeout",
-            "connect_timeout",
-            "request_timeout",
-            "circuit_window_seconds",
-            "outbox_poll_interval",
-            "shutdown_timeout",
-            "a2a_request_timeout",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
-        non_negative = (
-            "retry_initial_delay",
-            "retry_max_delay",
-            "circuit_recovery_timeout",
-            "registry_cache_seconds",
-        )
-        for name in non_negative:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigurationError(f"{name} must be a number >= 0, got {value!r}")
-        mult = self.retry_backoff_multiplier
-        if isinstance(mult, bool) or not isinstance(mult, (int, float)) or mult < 1:
-            raise ConfigurationError("retry_backoff_multiplier must be a number >= 1")
-        jitter = self.retry_jitter
-        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter <= 1:
-            raise ConfigurationError("retry_jitter must be between 0 and 1")
-        if self.a2a_auth_token is not None and (
-            not isinstance(self.a2a_auth_token, str) or not self.a2a_auth_token
-        ):
-            raise ConfigurationError("a2a_auth_token must be a non-empty string or None")
-        if self.storage_url is not None and (
-            not isinstance(self.storage_url, str) or "://" not in self.storage_url
-        ):
-            raise ConfigurationError("storage_url must be a URL such as 'sqlite:///path.db'")
+        _positive("signature_max_age", self.signature_max_age)
 
     @property
     def secret(self) -> bytes | None:
@@ -202,21 +173,349 @@ class NetworkConfig:
         out.extend(_secret_bytes(s, "previous secret") for s in self.previous_auth_secrets)
         return tuple(out)
 
+
+@dataclass
+class PoolConfig:
+    """The client's TCP connections: ``max_connections`` in all and
+    ``max_connections_per_host`` (0 = no per-host cap) open at once, kept alive for
+    ``idle_timeout``; ``connect_timeout`` and ``request_timeout`` bound each request."""
+
+    max_connections: int = 100
+    max_connections_per_host: int = 0
+    idle_timeout: float = 300.0
+    connect_timeout: float = 5.0
+    request_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        _int_at_least("max_connections", self.max_connections, 1)
+        _int_at_least("max_connections_per_host", self.max_connections_per_host, 0)
+        _positive("idle_timeout", self.idle_timeout)
+        _positive("connect_timeout", self.connect_timeout)
+        _positive("request_timeout", self.request_timeout)
+
+
+@dataclass
+class RetryConfig:
+    """Retries of a transient failure (connection error, timeout, 429, 5xx): ``max_retries``
+    more attempts, after ``initial_delay * backoff_multiplier ** n`` seconds (capped at
+    ``max_delay``, spread by ``jitter``, a fraction in 0..1). Flat names: ``max_retries``,
+    ``retry_initial_delay``, ``retry_backoff_multiplier``, ``retry_max_delay``,
+    ``retry_jitter``."""
+
+    max_retries: int = 3
+    initial_delay: float = 0.1
+    backoff_multiplier: float = 2.0
+    max_delay: float = 5.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        _int_at_least("max_retries", self.max_retries, 0)
+        _non_negative("retry_initial_delay", self.initial_delay)
+        _non_negative("retry_max_delay", self.max_delay)
+        mult = self.backoff_multiplier
+        if isinstance(mult, bool) or not isinstance(mult, (int, float)) or mult < 1:
+            raise ConfigurationError("retry_backoff_multiplier must be a number >= 1")
+        jitter = self.jitter
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter <= 1:
+            raise ConfigurationError("retry_jitter must be between 0 and 1")
+
     @property
     def max_attempts(self) -> int:
         """Attempts per send: the first one plus ``max_retries``."""
         return 1 + self.max_retries
 
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based), before jitter."""
+        base = self.initial_delay * self.backoff_multiplier ** max(0, attempt - 1)
+        return float(min(base, self.max_delay))
+
+
+@dataclass
+class CircuitConfig:
+    """The circuit breaker per remote node: ``failure_threshold`` failures within
+    ``window_seconds`` open it for ``recovery_timeout``. Flat names:
+    ``circuit_failure_threshold``, ``circuit_window_seconds``, ``circuit_recovery_timeout``."""
+
+    failure_threshold: int = 5
+    window_seconds: float = 60.0
+    recovery_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        _int_at_least("circuit_failure_threshold", self.failure_threshold, 1)
+        _positive("circuit_window_seconds", self.window_seconds)
+        _non_negative("circuit_recovery_timeout", self.recovery_timeout)
+
+
+@dataclass
+class BatchConfig:
+    """Batching per remote node: while ``batch_after`` requests to one node are in flight,
+    further sends to it wait and go together, up to ``max_batch`` messages (and the
+    server's ``max_body_bytes``) in one request; ``max_batch=1`` never batches."""
+
+    batch_after: int = 4
+    max_batch: int = 64
+
+    def __post_init__(self) -> None:
+        _int_at_least("batch_after", self.batch_after, 1)
+        _int_at_least("max_batch", self.max_batch, 1)
+
+
+@dataclass
+class RegistryConfig:
+    """The agent registry: ``storage_url`` selects the StorageManager holding it when the
+    node is not given one (default ``memory://``); look-ups are cached for
+    ``cache_seconds``. Flat names: ``storage_url``, ``registry_cache_seconds``."""
+
+    storage_url: str | None = None
+    cache_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        url = self.storage_url
+        if url is not None and (not isinstance(url, str) or "://" not in url):
+            raise ConfigurationError("storage_url must be a URL such as 'sqlite:///path.db'")
+        _non_negative("registry_cache_seconds", self.cache_seconds)
+
+
+@dataclass
+class OutboxConfig:
+    """The outbox of failed sends: resubmitted ones are picked up every ``poll_interval``
+    seconds (flat name ``outbox_poll_interval``), or at once when the node is woken."""
+
+    poll_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        _positive("outbox_poll_interval", self.poll_interval)
+
+
+@dataclass
+class A2AConfig:
+    """The A2A endpoints: ``enabled`` serves agent cards and the JSON-RPC endpoints;
+    ``auth_token`` protects the JSON-RPC endpoints; ``request_timeout`` bounds how long an
+    A2A call waits for the agent; ``max_tasks`` finished tasks are remembered for
+    ``GetTask``. Flat names: ``a2a_enabled``, ``a2a_auth_token``, ``a2a_request_timeout``,
+    ``a2a_max_tasks``."""
+
+    enabled: bool = True
+    auth_token: str | None = None
+    request_timeout: float = 60.0
+    max_tasks: int = 1000
+
+    def __post_init__(self) -> None:
+        _optional_text("a2a_auth_token", self.auth_token)
+        _positive("a2a_request_timeout", self.request_timeout)
+        _int_at_least("a2a_max_tasks", self.max_tasks, 1)
+
+
+# ---------------------------------------------------------------------------- the whole
+
+
+class NetworkSettings(TypedDict, total=False):
+    """Every flat keyword :class:`NetworkConfig` takes; each one is a field of a group."""
+
+    host: str
+    port: int
+    public_url: str | None
+    node_id: str | None
+    max_body_bytes: int
+    shutdown_timeout: float
+    auth_secret: str | bytes | None
+    previous_auth_secrets: Sequence[str | bytes]
+    allow_unsigned: bool
+    signature_max_age: float
+    max_connections: int
+    max_connections_per_host: int
+    idle_timeout: float
+    connect_timeout: float
+    request_timeout: float
+    max_retries: int
+    retry_initial_delay: float
+    retry_backoff_multiplier: float
+    retry_max_delay: float
+    retry_jitter: float
+    circuit_failure_threshold: int
+    circuit_window_seconds: float
+    circuit_recovery_timeout: float
+    batch_after: int
+    max_batch: int
+    storage_url: str | None
+    registry_cache_seconds: float
+    outbox_poll_interval: float
+    a2a_enabled: bool
+    a2a_auth_token: str | None
+    a2a_request_timeout: float
+    a2a_max_tasks: int
+
+
+class _Flat(Generic[_T]):
+    """A flat setting of :class:`NetworkConfig`, read and written in its group."""
+
+    __slots__ = ("field", "group")
+
+    def __init__(self, group: str, name: str | None = None) -> None:
+        self.group = group
+        self.field = name or ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.field = self.field or name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _Flat[_T]: ...
+
+    @overload
+    def __get__(self, obj: NetworkConfig, owner: type) -> _T: ...
+
+    def __get__(self, obj: NetworkConfig | None, owner: type) -> _T | _Flat[_T]:
+        if obj is None:
+            return self
+        value: _T = getattr(getattr(obj, self.group), self.field)
+        return value
+
+    def __set__(self, obj: NetworkConfig, value: _T) -> None:
+        setattr(getattr(obj, self.group), self.field, value)
+
+
+_GROUPS: dict[str, type[Any]] = {
+    "server": ServerConfig,
+    "auth": AuthConfig,
+    "pool": PoolConfig,
+    "retry": RetryConfig,
+    "circuit": CircuitConfig,
+    "batching": BatchConfig,
+    "registry": RegistryConfig,
+    "outbox": OutboxConfig,
+    "a2a": A2AConfig,
+}
+
+
+@dataclass(init=False)
+class NetworkConfig:
+    """Settings of one network node (all times in seconds), one group per concern:
+    :attr:`server`, :attr:`auth`, :attr:`pool`, :attr:`retry`, :attr:`circuit`,
+    :attr:`batching`, :attr:`registry`, :attr:`outbox`, :attr:`a2a` (each group's class
+    says what its settings do).
+
+    ``NetworkConfig(**settings)`` takes every setting by its flat name (see
+    :class:`NetworkSettings`; ``port=8080``, ``max_retries=5``, ``a2a_auth_token=...``), and
+    whole groups as keywords (``retry=RetryConfig(max_retries=5)``); a flat keyword is
+    applied on top of its group. Every flat name also reads and writes the setting
+    (``config.max_retries``).
+    """
+
+    server: ServerConfig
+    auth: AuthConfig
+    pool: PoolConfig
+    retry: RetryConfig
+    circuit: CircuitConfig
+    batching: BatchConfig
+    registry: RegistryConfig
+    outbox: OutboxConfig
+    a2a: A2AConfig
+
+    def __init__(
+        self,
+        *,
+        server: ServerConfig | None = None,
+        auth: AuthConfig | None = None,
+        pool: PoolConfig | None = None,
+        retry: RetryConfig | None = None,
+        circuit: CircuitConfig | None = None,
+        batching: BatchConfig | None = None,
+        registry: RegistryConfig | None = None,
+        outbox: OutboxConfig | None = None,
+        a2a: A2AConfig | None = None,
+        **settings: Unpack[NetworkSettings],
+    ) -> None:
+        given: dict[str, Any] = {
+            "server": server,
+            "auth": auth,
+            "pool": pool,
+            "retry": retry,
+            "circuit": circuit,
+            "batching": batching,
+            "registry": registry,
+            "outbox": outbox,
+            "a2a": a2a,
+        }
+        changes: dict[str, dict[str, Any]] = {name: {} for name in _GROUPS}
+        for name, value in settings.items():
+            flat = _FLAT.get(name)
+            if flat is None:
+                raise TypeError(f"NetworkConfig got an unexpected keyword argument {name!r}")
+            changes[flat.group][flat.field] = value
+        for name, cls in _GROUPS.items():
+            group, own = given[name], changes[name]
+            if group is None:
+                group = cls(**own)
+            elif not isinstance(group, cls):
+                raise ConfigurationError(f"{name} must be a {cls.__name__}")
+            elif own:
+                group = dataclasses.replace(group, **own)
+            setattr(self, name, group)
+
+    def replace(self, **settings: Unpack[NetworkSettings]) -> NetworkConfig:
+        """A copy (of every group) with the flat ``settings`` changed, validated as at
+        construction."""
+        groups = {name: dataclasses.replace(getattr(self, name)) for name in _GROUPS}
+        return NetworkConfig(**groups, **settings)
+
+    # -- flat names, each read and written in its group ----------------------------------
+
+    host = _Flat[str]("server")
+    port = _Flat[int]("server")
+    public_url = _Flat[str | None]("server")
+    node_id = _Flat[str | None]("server")
+    max_body_bytes = _Flat[int]("server")
+    shutdown_timeout = _Flat[float]("server")
+    auth_secret = _Flat[str | bytes | None]("auth")
+    previous_auth_secrets = _Flat[Sequence[str | bytes]]("auth")
+    allow_unsigned = _Flat[bool]("auth")
+    signature_max_age = _Flat[float]("auth")
+    max_connections = _Flat[int]("pool")
+    max_connections_per_host = _Flat[int]("pool")
+    idle_timeout = _Flat[float]("pool")
+    connect_timeout = _Flat[float]("pool")
+    request_timeout = _Flat[float]("pool")
+    max_retries = _Flat[int]("retry")
+    retry_initial_delay = _Flat[float]("retry", "initial_delay")
+    retry_backoff_multiplier = _Flat[float]("retry", "backoff_multiplier")
+    retry_max_delay = _Flat[float]("retry", "max_delay")
+    retry_jitter = _Flat[float]("retry", "jitter")
+    circuit_failure_threshold = _Flat[int]("circuit", "failure_threshold")
+    circuit_window_seconds = _Flat[float]("circuit", "window_seconds")
+    circuit_recovery_timeout = _Flat[float]("circuit", "recovery_timeout")
+    batch_after = _Flat[int]("batching")
+    max_batch = _Flat[int]("batching")
+    storage_url = _Flat[str | None]("registry")
+    registry_cache_seconds = _Flat[float]("registry", "cache_seconds")
+    outbox_poll_interval = _Flat[float]("outbox", "poll_interval")
+    a2a_enabled = _Flat[bool]("a2a", "enabled")
+    a2a_auth_token = _Flat[str | None]("a2a", "auth_token")
+    a2a_request_timeout = _Flat[float]("a2a", "request_timeout")
+    a2a_max_tasks = _Flat[int]("a2a", "max_tasks")
+
+    # -- derived -------------------------------------------------------------------------
+
+    @property
+    def secret(self) -> bytes | None:
+        """The signing secret as bytes (None when not configured)."""
+        return self.auth.secret
+
+    @property
+    def verification_secrets(self) -> tuple[bytes, ...]:
+        """Every secret a signature is checked against: the current one, then older ones."""
+        return self.auth.verification_secrets
+
+    @property
+    def max_attempts(self) -> int:
+        """Attempts per send: the first one plus ``max_retries``."""
+        return self.retry.max_attempts
+
     def retry_delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based), before jitter."""
-        base = self.retry_initial_delay * self.retry_backoff_multiplier ** max(0, attempt - 1)
-        return float(min(base, self.retry_max_delay))
+        return self.retry.delay(attempt)
 
 
-def _check_url(value: object, name: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigurationError(f"{name} must be a string URL")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError(f"{name} must be an http(s) URL such as 'http://host:8080'")
-    return value.rstrip("/")
+#: Every flat setting by name (the descriptors above).
+_FLAT: dict[str, _Flat[Any]] = {
+    name: value for name, value in vars(NetworkConfig).items() if isinstance(value, _Flat)
+}

@@ -1,0 +1,186 @@
+"""A2A tasks and messages as a node keeps them, their state changes, and how they (and the
+events of a stream) are rendered in the A2A 1.0 shapes or the 0.3 ones (``legacy``)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Mapping
+
+from .parts import render_part
+
+__all__ = ["TERMINAL", "A2AMessage", "A2ATask", "render_artifact", "render_event"]
+
+#: States a task does not leave.
+TERMINAL = frozenset({"completed", "failed", "canceled", "rejected"})
+STATE_V1 = {
+    "submitted": "TASK_STATE_SUBMITTED",
+    "working": "TASK_STATE_WORKING",
+    "completed": "TASK_STATE_COMPLETED",
+    "failed": "TASK_STATE_FAILED",
+    "canceled": "TASK_STATE_CANCELED",
+    "rejected": "TASK_STATE_REJECTED",
+    "input-required": "TASK_STATE_INPUT_REQUIRED",
+    "auth-required": "TASK_STATE_AUTH_REQUIRED",
+}
+
+
+def stamp() -> str:
+    """Now, as an A2A timestamp (UTC, microseconds, ``Z``)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class A2AMessage:
+    """A message of a task's history: the user's, or the agent's answer."""
+
+    message_id: str
+    role: str  # "user" | "agent"
+    parts: list[dict[str, Any]]
+    context_id: str
+    task_id: str
+    metadata: dict[str, Any] | None = None
+
+    def render(self, legacy: bool) -> dict[str, Any]:
+        """The message in the 1.0 shape (the 0.3 one when ``legacy``)."""
+        out: dict[str, Any] = {
+            "messageId": self.message_id,
+            "contextId": self.context_id,
+            "taskId": self.task_id,
+            "role": self.role if legacy else ("ROLE_USER" if self.role == "user" else "ROLE_AGENT"),
+            "parts": [render_part(p, legacy) for p in self.parts],
+        }
+        if self.metadata:
+            out["metadata"] = self.metadata
+        if legacy:
+            out["kind"] = "message"
+        return out
+
+
+@dataclass
+class A2ATask:
+    """A task: its state and history, the artifacts of the agent's answer, the runner that
+    asks the agent, and the queues of the streams that listen to it."""
+
+    id: str
+    context_id: str
+    agent_id: str
+    state: str = "submitted"
+    history: list[A2AMessage] = field(default_factory=list)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    status_message: A2AMessage | None = None
+    timestamp: str = field(default_factory=stamp)
+    runner: asyncio.Task[None] | None = None
+    listeners: list[asyncio.Queue[tuple[str, Any]]] = field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        """True once the task is in a state it does not leave."""
+        return self.state in TERMINAL
+
+    def status(self, legacy: bool) -> dict[str, Any]:
+        """The task's status object."""
+        out: dict[str, Any] = {
+            "state": self.state if legacy else STATE_V1[self.state],
+            "timestamp": self.timestamp,
+        }
+        if self.status_message is not None:
+            out["message"] = self.status_message.render(legacy)
+        return out
+
+    def render(self, legacy: bool, history_length: int | None = None) -> dict[str, Any]:
+        """The task object, with the last ``history_length`` messages (all when None)."""
+        history = self.history
+        if history_length is not None:
+            history = history[-history_length:] if history_length > 0 else []
+        out: dict[str, Any] = {
+            "id": self.id,
+            "contextId": self.context_id,
+            "status": self.status(legacy),
+            "artifacts": [render_artifact(a, legacy) for a in self.artifacts],
+            "history": [m.render(legacy) for m in history],
+        }
+        if legacy:
+            out["kind"] = "task"
+        return out
+
+    def emit(self, event: tuple[str, Any]) -> None:
+        """Hand ``event`` (``("status", ...)`` or ``("artifact", ...)``) to every listener."""
+        for q in self.listeners:
+            q.put_nowait(event)
+
+    def set_state(self, state: str, message: A2AMessage | None = None) -> None:
+        """Move to ``state`` (with the agent's ``message``) and tell the listeners."""
+        self.state = state
+        self.timestamp = stamp()
+        self.status_message = message
+        self.emit(("status", (state, message, self.timestamp)))
+
+    def finish(self, state: str, text: str | None = None) -> None:
+        """End in ``state``, with ``text`` as the agent's status message."""
+        msg = None
+        if text is not None:
+            parts = [{"kind": "text", "text": text}]
+            msg = A2AMessage(uuid.uuid4().hex, "agent", parts, self.context_id, self.id)
+        self.set_state(state, msg)
+
+    def complete(self, parts: list[dict[str, Any]]) -> None:
+        """End ``completed`` with the agent's answer: an artifact and a reply message."""
+        artifact = {"artifact_id": uuid.uuid4().hex, "name": "response", "parts": parts}
+        self.artifacts.append(artifact)
+        self.emit(("artifact", artifact))
+        reply = A2AMessage(uuid.uuid4().hex, "agent", parts, self.context_id, self.id)
+        self.history.append(reply)
+        self.set_state("completed", reply)
+
+
+def render_artifact(artifact: Mapping[str, Any], legacy: bool) -> dict[str, Any]:
+    """An artifact object."""
+    return {
+        "artifactId": artifact["artifact_id"],
+        "name": artifact["name"],
+        "parts": [render_part(p, legacy) for p in artifact["parts"]],
+    }
+
+
+def render_event(task: A2ATask, event: tuple[str, Any], legacy: bool) -> dict[str, Any]:
+    """A stream event (an artifact or a status update) of ``task``."""
+    kind, payload = event
+    if kind == "artifact":
+        art = render_artifact(payload, legacy)
+        if legacy:
+            return {
+                "kind": "artifact-update",
+                "taskId": task.id,
+                "contextId": task.context_id,
+                "artifact": art,
+                "append": False,
+                "lastChunk": True,
+            }
+        return {
+            "artifactUpdate": {
+                "taskId": task.id,
+                "contextId": task.context_id,
+                "artifact": art,
+                "append": False,
+                "lastChunk": True,
+            }
+        }
+    state, message, at = payload
+    status: dict[str, Any] = {
+        "state": state if legacy else STATE_V1[state],
+        "timestamp": at,
+    }
+    if message is not None:
+        status["message"] = message.render(legacy)
+    if legacy:
+        return {
+            "kind": "status-update",
+            "taskId": task.id,
+            "contextId": task.context_id,
+            "status": status,
+            "final": state in TERMINAL,
+        }
+    return {"statusUpdate": {"taskId": task.id, "contextId": task.context_id, "status": status}}
