@@ -22,14 +22,17 @@ from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.clock import ManualClock
 from AgentOperatingSystem.messaging.errors import ConfigurationError
-from AgentOperatingSystem.messaging.observability.telemetry import (
+from AgentOperatingSystem.messaging.observability import telemetry as front
+from AgentOperatingSystem.messaging.observability.bus_telemetry import BusTelemetry
+from AgentOperatingSystem.messaging.observability.http import install_metrics
+from AgentOperatingSystem.messaging.observability.metrics import (
     PROMETHEUS_CONTENT_TYPE,
-    TRACEPARENT_KEY,
-    BusTelemetry,
     MetricsRegistry,
-    http_trace_headers,
-    install_metrics,
     metrics,
+)
+from AgentOperatingSystem.messaging.observability.tracing import (
+    TRACEPARENT_KEY,
+    http_trace_headers,
 )
 from AgentOperatingSystem.messaging.types import Message, MessageType
 from tests.support.waiting import eventually
@@ -440,7 +443,7 @@ CHILD = textwrap.dedent(
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from AgentOperatingSystem.config.messagebus import MessageBusConfig
     from AgentOperatingSystem.messaging.bus import MessageBus
-    from AgentOperatingSystem.messaging.observability.telemetry import BusTelemetry
+    from AgentOperatingSystem.messaging.observability.bus_telemetry import BusTelemetry
     from AgentOperatingSystem.messaging.types import MessageType
 
     async def main(db, out):
@@ -648,3 +651,18 @@ async def test_batched_counts_stay_exact_per_type_in_a_mixed_batch() -> None:
         assert tel.series_value("mixed", "command", "acked") == 3
         assert tel.series_value("mixed", "task", "delivered") == 4
         assert tel.series_value("mixed", "command", "delivered") == 3
+
+
+def test_the_old_import_path_still_names_every_public_name() -> None:
+    """``observability.telemetry`` is the front the CLI, the dashboard and users import."""
+    from AgentOperatingSystem.messaging.observability import bus_telemetry, tracing
+    from AgentOperatingSystem.messaging.observability import metrics as metrics_module
+
+    assert front.BusTelemetry is BusTelemetry
+    assert front._MetricsOn is bus_telemetry.MetricsOn
+    assert front.install_metrics is install_metrics
+    assert front.metrics is metrics_module.metrics is metrics
+    assert front.MetricsRegistry is MetricsRegistry
+    assert front.extract_trace_context is tracing.extract_trace_context
+    for name in front.__all__:
+        assert getattr(front, name) is not None, name

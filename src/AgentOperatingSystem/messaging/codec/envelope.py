@@ -9,8 +9,9 @@ An envelope is a CloudEvents 1.0 event in structured JSON mode::
 
 Compressed or encrypted content travels as ``data_base64`` with ``aoscompression``
 (``gzip``/``zstd``) and ``aosencryption`` (``aes256gcm``) + ``aoskeyid`` + ``aosnonce``.
-Compression happens before encryption. Delivery options travel as ``aosdeliverymode``,
-``aosidempotencykey``, ``aosretrypolicy``, ``aoshops``, ``aoscausationid``.
+Compression happens before encryption (both in :mod:`.sealing`). Delivery options travel
+as ``aosdeliverymode``, ``aosidempotencykey``, ``aosretrypolicy``, ``aoshops``,
+``aoscausationid``.
 
 Decoding validates every field's type and the size, and raises :class:`DecodeError` (or
 :class:`DecryptionError`) for anything else: bytes from an engine are untrusted input.
@@ -20,13 +21,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import gzip
-import hashlib
-import io
 import json
 import math
-import os
-import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Callable, Mapping
@@ -39,6 +35,7 @@ from ..errors import (
 )
 from ..policy import DEFAULT_OPTIONS, DeliveryOptions, RetryPolicy
 from ..types import DeliveryMode, Message, MessagePriority, MessageType
+from .sealing import COMPRESSION_ALGORITHMS, compress, content_key_id, decompress, decrypt, encrypt
 
 __all__ = [
     "COMPRESSION_ALGORITHMS",
@@ -51,7 +48,6 @@ __all__ = [
     "encode",
 ]
 
-COMPRESSION_ALGORITHMS = ("gzip", "zstd")
 _MAX_ID = 512
 _MAX_NAME = 512
 _MAX_JSON_FIELD = 16 * 1024 * 1024  # bounded by max_bytes in practice
@@ -61,12 +57,7 @@ _PRIORITIES = {p.value: p for p in MessagePriority}
 _MODES = {m.value: m for m in DeliveryMode}
 
 KeyLookup = Callable[[str], "bytes | None"]
-
-
-def content_key_id(key: bytes) -> str:
-    """The id under which a content-encryption key is known: derived from the key itself,
-    so publisher and consumer agree on it without coordination and it reveals nothing."""
-    return hashlib.sha256(b"aos-content-key:" + key).hexdigest()[:32]
+"""Returns the content key with that id, or ``None`` (see :func:`decode`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,74 +138,6 @@ def _loads(data: str | bytes) -> Any:
     return _DECODER.decode(data)
 
 
-def _compress(data: bytes, algorithm: str) -> bytes:
-    if algorithm == "gzip":
-        return gzip.compress(data, compresslevel=6, mtime=0)
-    if algorithm == "zstd":
-        import zstandard
-
-        return zstandard.ZstdCompressor(level=3).compress(data)
-    raise InvalidMessageError(
-        f"unknown compression_algorithm {algorithm!r}; expected one of {COMPRESSION_ALGORITHMS}"
-    )
-
-
-def _decompress(data: bytes, algorithm: str, limit: int) -> bytes:
-    try:
-        if algorithm == "gzip":
-            d = zlib.decompressobj(wbits=31)
-            out = d.decompress(data, limit + 1)
-            if len(out) > limit or d.unconsumed_tail:
-                raise DecodeError(f"decompressed content exceeds {limit} bytes")
-            if not d.eof or d.unused_data:
-                raise DecodeError("gzip content is truncated or has trailing data")
-            return out
-        if algorithm == "zstd":
-            import zstandard
-
-            # Read at most limit + 1 bytes: a frame's declared size is not trusted, so a
-            # small bomb cannot make us allocate more than the limit.
-            reader = zstandard.ZstdDecompressor().stream_reader(
-                io.BytesIO(data), read_across_frames=False
-            )
-            with reader:
-                chunks: list[bytes] = []
-                total = 0
-                while total <= limit:
-                    chunk = reader.read(limit + 1 - total)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    total += len(chunk)
-            if total > limit:
-                raise DecodeError(f"decompressed content exceeds {limit} bytes")
-            return b"".join(chunks)
-    except DecodeError:
-        raise
-    except Exception as exc:  # zlib.error, zstandard.ZstdError, ...
-        raise DecodeError(f"content does not decompress with {algorithm}: {exc}") from exc
-    raise DecodeError(f"unknown compression {algorithm!r}")
-
-
-def _seal(plain: bytes, key: bytes) -> tuple[bytes, bytes]:
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    if not isinstance(key, (bytes, bytearray)) or len(key) != 32:
-        raise InvalidMessageError("encryption_key must be 32 bytes (AES-256)")
-    nonce = os.urandom(12)
-    return nonce, AESGCM(bytes(key)).encrypt(nonce, plain, b"aos-content-v1")
-
-
-def _open(sealed: bytes, nonce: bytes, key: bytes) -> bytes:
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    try:
-        return AESGCM(key).decrypt(nonce, sealed, b"aos-content-v1")
-    except (InvalidTag, ValueError) as exc:
-        raise DecryptionError("content does not decrypt with the key for its key id") from exc
-
-
 def encode(
     message: Message,
     options: DeliveryOptions = DEFAULT_OPTIONS,
@@ -235,10 +158,10 @@ def encode(
     if seal is not None and (seal.compression or seal.encryption_key is not None):
         raw = _utf8(message.content)
         if seal.compression:
-            raw = _compress(raw, seal.compression)
+            raw = compress(raw, seal.compression)
             event["aoscompression"] = seal.compression
         if seal.encryption_key is not None:
-            nonce, raw = _seal(raw, seal.encryption_key)
+            nonce, raw = encrypt(raw, seal.encryption_key)
             event["aosencryption"] = "aes256gcm"
             event["aoskeyid"] = content_key_id(bytes(seal.encryption_key))
             event["aosnonce"] = base64.b64encode(nonce).decode()
@@ -372,7 +295,50 @@ def decode_event(
         raise DecodeError(f"unknown event type {type_name!r}")
     message_id = _str(event, "id", required=True, limit=_MAX_ID)
     sender = _str(event, "source", required=True)
-    time_text = event.get("time")
+    timestamp = _timestamp(event.get("time"))
+    priority_value = event.get("aospriority", 2)
+    priority = (
+        _PRIORITIES.get(priority_value)
+        if isinstance(priority_value, int) and not isinstance(priority_value, bool)
+        else None
+    )
+    if priority is None:
+        raise DecodeError(f"invalid priority {priority_value!r}")
+    if "data_base64" in event:
+        content = _sealed_content(event, max_bytes, keys)
+    else:
+        content = event.get("data", {})
+    if not isinstance(content, dict):
+        raise DecodeError("content (data) must be a JSON object")
+    metadata = _json_field(event, "aosmetadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise DecodeError("metadata must be a JSON object")
+    ttl: Any = event.get("aosttl")  # int or float seconds, as the sender gave it
+    if ttl is not None:
+        _check_ttl(ttl)
+    try:
+        message = Message(
+            message_id=message_id,  # type: ignore[arg-type]
+            message_type=message_type,
+            sender_id=sender,  # type: ignore[arg-type]
+            recipient_id=_str(event, "aosrecipient"),
+            content=content,
+            timestamp=timestamp,
+            priority=priority,
+            metadata=metadata,
+            correlation_id=_str(event, "aoscorrelationid", limit=_MAX_ID),
+            reply_to=_str(event, "aosreplyto"),
+            ttl=ttl,
+        )
+    except InvalidMessageError as exc:
+        raise DecodeError(f"envelope does not make a valid message: {exc}") from exc
+    return message, _decode_options(event)
+
+
+def _timestamp(time_text: Any) -> datetime:
+    """The envelope's ``time``: an RFC 3339 string with a time zone, in range."""
     if not isinstance(time_text, str) or len(time_text) > 64:
         raise DecodeError("envelope field 'time' must be an RFC 3339 string")
     try:
@@ -386,75 +352,46 @@ def decode_event(
         timestamp.utcoffset()
     except (OverflowError, ValueError) as exc:
         raise DecodeError("envelope field 'time' is out of range") from exc
-    priority_value = event.get("aospriority", 2)
-    priority = (
-        _PRIORITIES.get(priority_value)
-        if isinstance(priority_value, int) and not isinstance(priority_value, bool)
-        else None
-    )
-    if priority is None:
-        raise DecodeError(f"invalid priority {priority_value!r}")
+    return timestamp
 
-    if "data_base64" in event:
-        raw = _b64(event["data_base64"], "data_base64")
-        encryption = event.get("aosencryption")
-        if encryption is not None:
-            if encryption != "aes256gcm":
-                raise DecodeError(f"unknown encryption {encryption!r}")
-            key_id = _str(event, "aoskeyid", required=True)
-            assert key_id is not None
-            nonce = _b64(event.get("aosnonce"), "aosnonce")
-            if len(nonce) != 12:
-                raise DecodeError("nonce must be 12 bytes")
-            key = keys(key_id) if keys is not None else None
-            if key is None:
-                raise DecryptionError(f"no key in the key ring for key id {key_id}")
-            raw = _open(raw, nonce, key)
-        compression = event.get("aoscompression")
-        if compression is not None:
-            if compression not in COMPRESSION_ALGORITHMS:
-                raise DecodeError(f"unknown compression {compression!r}")
-            raw = _decompress(raw, compression, max_bytes)
-        try:
-            content = _loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise DecodeError("content is not JSON") from exc
-    else:
-        content = event.get("data", {})
-    if not isinstance(content, dict):
-        raise DecodeError("content (data) must be a JSON object")
 
-    metadata = _json_field(event, "aosmetadata")
-    if metadata is None:
-        metadata = {}
-    if not isinstance(metadata, dict):
-        raise DecodeError("metadata must be a JSON object")
-    ttl: Any = event.get("aosttl")
-    if ttl is not None and (
+def _sealed_content(event: Mapping[str, Any], max_bytes: int, keys: KeyLookup | None) -> Any:
+    """The content of ``data_base64``: decrypted (``aosencryption``), then decompressed
+    (``aoscompression``), then parsed as JSON."""
+    raw = _b64(event["data_base64"], "data_base64")
+    encryption = event.get("aosencryption")
+    if encryption is not None:
+        if encryption != "aes256gcm":
+            raise DecodeError(f"unknown encryption {encryption!r}")
+        key_id = _str(event, "aoskeyid", required=True)
+        assert key_id is not None
+        nonce = _b64(event.get("aosnonce"), "aosnonce")
+        if len(nonce) != 12:
+            raise DecodeError("nonce must be 12 bytes")
+        key = keys(key_id) if keys is not None else None
+        if key is None:
+            raise DecryptionError(f"no key in the key ring for key id {key_id}")
+        raw = decrypt(raw, nonce, key)
+    compression = event.get("aoscompression")
+    if compression is not None:
+        if compression not in COMPRESSION_ALGORITHMS:
+            raise DecodeError(f"unknown compression {compression!r}")
+        raw = decompress(raw, compression, max_bytes)
+    try:
+        return _loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise DecodeError("content is not JSON") from exc
+
+
+def _check_ttl(ttl: Any) -> None:
+    """A ttl must be a positive, finite number of seconds (not a bool)."""
+    if (
         isinstance(ttl, bool)
         or not isinstance(ttl, (int, float))
         or not math.isfinite(ttl)
         or ttl <= 0
     ):
         raise DecodeError("ttl must be a positive number")
-    ttl_seconds: Any = ttl  # int or float seconds, as the sender gave it
-    try:
-        message = Message(
-            message_id=message_id,  # type: ignore[arg-type]
-            message_type=message_type,
-            sender_id=sender,  # type: ignore[arg-type]
-            recipient_id=_str(event, "aosrecipient"),
-            content=content,
-            timestamp=timestamp,
-            priority=priority,
-            metadata=metadata,
-            correlation_id=_str(event, "aoscorrelationid", limit=_MAX_ID),
-            reply_to=_str(event, "aosreplyto"),
-            ttl=ttl_seconds,
-        )
-    except InvalidMessageError as exc:
-        raise DecodeError(f"envelope does not make a valid message: {exc}") from exc
-    return message, _decode_options(event)
 
 
 def _decode_options(event: Mapping[str, Any]) -> DeliveryOptions:

@@ -67,21 +67,11 @@ What signatures do not do
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
-import json
 import logging
-import os
-import re
-import stat
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -90,13 +80,23 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from ..errors import (
     ConfigurationError,
     InvalidMessageError,
-    PermissionDeniedError,
     SecurityError,
     StorageError,
     UnknownKeyError,
 )
-from ..types import REQUEST_TYPES, Message, MessageType
-from .envelope import content_key_id
+from ..types import Message, MessageType
+from .acl import NS_ACL, AccessControl, permission_sets
+from .keyfiles import HeldKey, PrivateKeys, default_key_dir
+from .keyring import NS_CONTENT_KEYS, NS_PUBLIC_KEYS, ContentKeys, KeyRing, KeyringConflict
+from .signing import (
+    SIGNATURE_KEY,
+    SIGNER_KEY,
+    canonical_bytes,
+    raw_public,
+    sign_message,
+    signing_key_id,
+    verify_message,
+)
 
 __all__ = [
     "NS_ACL",
@@ -113,265 +113,7 @@ __all__ = [
 
 log = logging.getLogger("aos.messaging.security")
 
-#: Metadata key of the base64 Ed25519 signature.
-SIGNATURE_KEY = "aos.signature"
-#: Metadata key of the id of the key that made the signature.
-SIGNER_KEY = "aos.signer_key"
-#: Store namespace of the public key ring (key: agent id).
-NS_PUBLIC_KEYS = "aos.keyring.public"
-#: Store namespace of persisted content-encryption keys (key: key id).
-NS_CONTENT_KEYS = "aos.keyring.content"
-#: Store namespace of access-control entries (key: agent id).
-NS_ACL = "aos.acl"
-
-_SIGNATURE_KEYS = (SIGNATURE_KEY, SIGNER_KEY)
-_CANON_VERSION = "aos-sig-v1"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-_SIG_B64_LEN = 88  # base64 of 64 bytes
-_KEY_ID_LEN = 32
 _MISS_RELOAD_GAP = 0.5
-_REPLY_TYPES = frozenset({MessageType.RESPONSE, MessageType.ERROR})
-
-
-# --------------------------------------------------------------------------- signatures
-
-
-def signing_key_id(public_key: Ed25519PublicKey | bytes) -> str:
-    """The id of a signing key: derived from the raw public key, 32 hex characters."""
-    raw = public_key if isinstance(public_key, bytes) else _raw_public(public_key)
-    return hashlib.sha256(b"aos-signing-key:" + raw).hexdigest()[:_KEY_ID_LEN]
-
-
-def _raw_public(public_key: Ed25519PublicKey) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def _micros(ts: datetime) -> int:
-    return (ts - _EPOCH) // _MICROSECOND
-
-
-def _canonical_json(value: Any) -> bytes:
-    try:
-        text = json.dumps(
-            value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-        )
-    except TypeError:
-        # Keys of mixed types cannot be sorted: take the JSON form first (as the envelope
-        # does: every key becomes a string), then sort.
-        plain = json.loads(json.dumps(value, separators=(",", ":"), allow_nan=False))
-        text = json.dumps(
-            plain, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-        )
-    return text.encode("ascii")
-
-
-def canonical_bytes(message: Message, key_id: str) -> bytes:
-    """The bytes a signature covers: every field of ``message`` (metadata without the
-    signature keys) and the signer's key id, as sorted, compact, ASCII JSON.
-
-    The timestamp is taken as integer microseconds since the epoch, so it survives the
-    envelope's RFC 3339 round trip whatever its time zone. Raises ``TypeError``/``ValueError``
-    for content that is not JSON data.
-    """
-    metadata = {k: v for k, v in message.metadata.items() if k not in _SIGNATURE_KEYS}
-    return _canonical_json(
-        [
-            _CANON_VERSION,
-            key_id,
-            message.message_id,
-            message.message_type.value,
-            message.sender_id,
-            message.recipient_id,
-            message.content,
-            _micros(message.timestamp),
-            message.priority.value,
-            metadata,
-            message.correlation_id,
-            message.reply_to,
-            message.ttl,
-        ]
-    )
-
-
-def sign_message(
-    message: Message, private_key: Ed25519PrivateKey, key_id: str | None = None
-) -> None:
-    """Sign ``message`` in place: writes ``aos.signature`` and ``aos.signer_key``."""
-    kid = key_id or signing_key_id(private_key.public_key())
-    try:
-        data = canonical_bytes(message, kid)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidMessageError(f"message cannot be signed: {exc}") from exc
-    signature = private_key.sign(data)
-    message.metadata[SIGNER_KEY] = kid
-    message.metadata[SIGNATURE_KEY] = base64.b64encode(signature).decode("ascii")
-
-
-def verify_message(message: Message, public_keys: Mapping[str, Ed25519PublicKey]) -> bool:
-    """True when ``message`` carries a valid signature by one of ``public_keys`` (the
-    sender's keys by key id). Never raises."""
-    try:
-        metadata = message.metadata
-        signature = metadata.get(SIGNATURE_KEY)
-        kid = metadata.get(SIGNER_KEY)
-        if not isinstance(signature, str) or not isinstance(kid, str):
-            return False
-        if len(signature) != _SIG_B64_LEN or len(kid) != _KEY_ID_LEN:
-            return False
-        key = public_keys.get(kid)
-        if key is None:
-            return False
-        raw = base64.b64decode(signature, validate=True)
-        key.verify(raw, canonical_bytes(message, kid))
-        return True
-    except (InvalidSignature, binascii.Error, ValueError, TypeError, RecursionError):
-        return False
-    except Exception:  # anything odd in a hostile message is a failed verification
-        log.debug("signature verification failed unexpectedly", exc_info=True)
-        return False
-
-
-# --------------------------------------------------------------------------- key files
-
-
-def _key_file_name(agent_id: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_-]", "_", agent_id)[:64] or "_"
-    digest = hashlib.sha256(agent_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    return f"{safe}.{digest}.ed25519.pem"
-
-
-def _default_key_dir(config: Any) -> Path:
-    return Path(str(config.data_dir)).expanduser() / "keys"
-
-
-def _read_key_file(path: Path) -> Ed25519PrivateKey | None:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise SecurityError(f"cannot read the private key file {path}: {exc}") from exc
-    try:
-        mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("private key file %s is accessible by others (mode %o)", path, mode)
-    except OSError:
-        pass
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise SecurityError(f"the private key file {path} is not a PEM private key") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise SecurityError(f"the private key file {path} does not hold an Ed25519 key")
-    return key
-
-
-def _write_key_file(path: Path, key: Ed25519PrivateKey) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(pem)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-    except OSError as exc:
-        raise SecurityError(f"cannot write the private key file {path}: {exc}") from exc
-
-
-# --------------------------------------------------------------------------- records
-
-
-def _now_text() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-def _parse_public_record(agent_id: str, value: Any) -> dict[str, Ed25519PublicKey]:
-    """Public keys of one key-ring record by key id (malformed entries are skipped)."""
-    out: dict[str, Ed25519PublicKey] = {}
-    keys = value.get("keys") if isinstance(value, dict) else None
-    if not isinstance(keys, dict):
-        log.warning("ignoring a malformed key-ring record for agent %r", agent_id)
-        return out
-    revoked = value.get("revoked") if isinstance(value, dict) else None
-    revoked_ids = set(revoked) if isinstance(revoked, list) else set()
-    for kid, entry in keys.items():
-        try:
-            raw = base64.b64decode(entry["public_key"], validate=True)
-            public = Ed25519PublicKey.from_public_bytes(raw)
-        except (KeyError, TypeError, ValueError, binascii.Error):
-            log.warning("ignoring a malformed public key %r of agent %r", kid, agent_id)
-            continue
-        if signing_key_id(raw) != kid or kid in revoked_ids:
-            continue
-        out[kid] = public
-    return out
-
-
-def _field_dict(record: Any, name: str) -> dict[str, Any]:
-    value = record.get(name) if isinstance(record, dict) else None
-    return dict(value) if isinstance(value, dict) else {}
-
-
-def _field_list(record: Any, name: str) -> list[Any]:
-    value = record.get(name) if isinstance(record, dict) else None
-    return list(value) if isinstance(value, list) else []
-
-
-def _revoked_ids(value: Any) -> set[str]:
-    revoked = value.get("revoked") if isinstance(value, dict) else None
-    return {r for r in revoked if isinstance(r, str)} if isinstance(revoked, list) else set()
-
-
-def _type_set(values: Iterable[MessageType | str] | None, what: str) -> frozenset[str] | None:
-    if values is None:
-        return None
-    if isinstance(values, (str, bytes, MessageType)):
-        raise InvalidMessageError(f"{what} must be a list of message types, not a single value")
-    try:
-        items = list(values)
-    except TypeError:
-        raise InvalidMessageError(f"{what} must be a list of message types") from None
-    return frozenset(MessageType.coerce(t).value for t in items)
-
-
-_Perm = tuple[frozenset[str] | None, frozenset[str] | None]
-
-
-def _parse_acl(agent_id: str, value: Any) -> _Perm | None:
-    if not isinstance(value, dict):
-        log.warning("ignoring a malformed access-control entry for %r", agent_id)
-        return None
-    try:
-        pub = value.get("can_publish")
-        sub = value.get("can_subscribe")
-        return (
-            None if pub is None else frozenset(MessageType.coerce(t).value for t in pub),
-            None if sub is None else frozenset(MessageType.coerce(t).value for t in sub),
-        )
-    except (TypeError, InvalidMessageError):
-        log.warning("ignoring a malformed access-control entry for %r", agent_id)
-        return None
-
-
-class _KeyringConflict(Exception):
-    """Raised inside a store update to abort it (the record changed under us)."""
-
-
 _DEFAULT = object()
 
 
@@ -385,6 +127,15 @@ class BusSecurity:
     create a key for any sender that has none in the key ring (trust on first use); the
     bus's ``default_sender_id`` is always registered on demand. ``refresh_interval``
     (seconds, ``None`` = never) is how often the key ring and permissions are re-read.
+
+    It composes four parts, each in its own module: the private keys held here
+    (:class:`~.keyfiles.PrivateKeys`), the public key ring (:class:`~.keyring.KeyRing`), the
+    content keys (:class:`~.keyring.ContentKeys`) and the access control
+    (:class:`~.acl.AccessControl`). This object owns the store, the lock that orders their
+    changes, and the background re-reads. The checks the bus makes on every message
+    (:attr:`verify`, :attr:`content_key`, :attr:`authorize_publish`,
+    :attr:`authorize_subscribe`) are the parts' own methods, bound once here, so a check
+    costs no call through this object.
     """
 
     def __init__(
@@ -406,20 +157,30 @@ class BusSecurity:
         self._storage: Any = storage
         self._owns_storage = storage is None
         self._key_dir_arg = key_dir
-        self._key_dir: Path | None = None
         self.auto_register = bool(auto_register)
         self.refresh_interval = refresh_interval
         self._default_sender = str(getattr(config, "default_sender_id", "aos"))
-        self._default_allow = getattr(config, "default_permission", "allow") == "allow"
         self.signing = bool(getattr(config, "sign_messages", False))
         self.require_signatures = bool(getattr(config, "require_signatures", False))
-        self._acl: dict[str, _Perm] = {}
-        self.acl_active = not self._default_allow
-        self._public: dict[str, dict[str, Ed25519PublicKey]] = {}
-        self._revoked: dict[str, set[str]] = {}
-        self._private: dict[str, tuple[str, Ed25519PrivateKey]] = {}
-        self._local_content: dict[str, bytes] = {}
-        self._stored_content: dict[str, bytes] = {}
+        self._keys = PrivateKeys()
+        self._ring = KeyRing(self._store, self._reload_soon)
+        self._content = ContentKeys(self._store, self._reload_soon)
+        self._access = AccessControl(
+            self._store, default_allow=getattr(config, "default_permission", "allow") == "allow"
+        )
+        self.acl_active = self._access.active
+        #: True when ``message`` carries a valid signature by a key the key ring lists for
+        #: its sender; never raises (:meth:`~.keyring.KeyRing.verify`).
+        self.verify = self._ring.verify
+        #: The content-encryption key with that id, if this process knows it
+        #: (:meth:`~.keyring.ContentKeys.get`).
+        self.content_key = self._content.get
+        #: Raise :class:`PermissionDeniedError` when the sender may not publish that type
+        #: (:meth:`~.acl.AccessControl.authorize_publish`).
+        self.authorize_publish = self._access.authorize_publish
+        #: Raise :class:`PermissionDeniedError` when the agent may not receive that type
+        #: (:meth:`~.acl.AccessControl.authorize_subscribe`).
+        self.authorize_subscribe = self._access.authorize_subscribe
         self._lock: asyncio.Lock | None = None
         self._started = False
         self._closed = False
@@ -437,7 +198,7 @@ class BusSecurity:
     @property
     def key_dir(self) -> Path | None:
         """Where private key files are kept; ``None`` when private keys stay in memory."""
-        return self._key_dir
+        return self._keys.key_dir
 
     def _guard(self) -> asyncio.Lock:
         if self._lock is None:
@@ -457,9 +218,9 @@ class BusSecurity:
         url = str(getattr(self._storage, "url", ""))
         in_memory = url.lower().startswith("memory:")
         if self._key_dir_arg is _DEFAULT:
-            self._key_dir = None if in_memory else _default_key_dir(self._config)
+            self._keys.key_dir = None if in_memory else default_key_dir(self._config)
         else:
-            self._key_dir = None if self._key_dir_arg is None else Path(self._key_dir_arg)
+            self._keys.key_dir = None if self._key_dir_arg is None else Path(self._key_dir_arg)
         try:
             await self.reload()
         except BaseException:
@@ -508,19 +269,10 @@ class BusSecurity:
             public_rows = await store.list(NS_PUBLIC_KEYS)
             content_rows = await store.list(NS_CONTENT_KEYS)
             acl_rows = await store.list(NS_ACL)
-            self._public = {agent: _parse_public_record(agent, v) for agent, v in public_rows}
-            self._revoked = {agent: _revoked_ids(v) for agent, v in public_rows}
-            self._stored_content = {
-                kid: key
-                for kid, value in content_rows
-                if (key := _parse_content_key(kid, value)) is not None
-            }
-            self._acl = {
-                agent: perm
-                for agent, value in acl_rows
-                if (perm := _parse_acl(agent, value)) is not None
-            }
-            self.acl_active = not self._default_allow or bool(self._acl)
+            self._ring.load(public_rows)
+            self._content.load(content_rows)
+            self._access.load(acl_rows)
+            self.acl_active = self._access.active
 
     async def _refresh_loop(self, interval: float) -> None:
         while True:
@@ -556,62 +308,6 @@ class BusSecurity:
 
     # ------------------------------------------------------------------ agent keys
 
-    def _key_path(self, agent_id: str) -> Path | None:
-        return None if self._key_dir is None else self._key_dir / _key_file_name(agent_id)
-
-    async def _load_private(self, agent_id: str) -> tuple[str, Ed25519PrivateKey] | None:
-        hit = self._private.get(agent_id)
-        if hit is not None:
-            return hit
-        path = self._key_path(agent_id)
-        if path is None:
-            return None
-        key = await asyncio.to_thread(_read_key_file, path)
-        if key is None:
-            return None
-        return signing_key_id(key.public_key()), key
-
-    async def _keep_private(self, agent_id: str, key: Ed25519PrivateKey) -> str:
-        path = self._key_path(agent_id)
-        if path is not None:
-            await asyncio.to_thread(_write_key_file, path, key)
-        kid = signing_key_id(key.public_key())
-        self._private[agent_id] = (kid, key)
-        return kid
-
-    async def _ring_add(
-        self, agent_id: str, public: Ed25519PublicKey, *, only_if_empty: bool
-    ) -> None:
-        """Add a public key to the agent's key-ring record (atomically)."""
-        raw = _raw_public(public)
-        kid = signing_key_id(raw)
-
-        def change(value: Any) -> Any:
-            keys = _field_dict(value, "keys")
-            revoked = _field_list(value, "revoked")
-            live = [k for k in keys if k not in revoked]
-            if only_if_empty and live and kid not in live:
-                raise _KeyringConflict
-            if kid in revoked:
-                raise _KeyringConflict
-            keys = dict(keys)
-            keys[kid] = {
-                "public_key": base64.b64encode(raw).decode("ascii"),
-                "algorithm": "ed25519",
-                "created_at": _now_text(),
-            }
-            return {"agent_id": agent_id, "keys": keys, "revoked": list(revoked)}
-
-        record = await self._store().update(NS_PUBLIC_KEYS, agent_id, change)
-        self._public[agent_id] = _parse_public_record(agent_id, record)
-        self._revoked[agent_id] = _revoked_ids(record)
-
-    async def _fetch_record(self, agent_id: str) -> Any:
-        record = await self._store().get(NS_PUBLIC_KEYS, agent_id)
-        self._public[agent_id] = _parse_public_record(agent_id, record) if record else {}
-        self._revoked[agent_id] = _revoked_ids(record)
-        return record
-
     async def register_agent_keys(self, agent_id: str, *, rotate: bool = False) -> bytes:
         """Make sure this process holds a signing key for ``agent_id`` that the key ring
         lists; return its raw 32-byte Ed25519 public key.
@@ -624,85 +320,57 @@ class BusSecurity:
         if not isinstance(agent_id, str) or not agent_id:
             raise InvalidMessageError("agent_id must be a non-empty string")
         async with self._guard():
-            await self._fetch_record(agent_id)
-            loaded = None if rotate else await self._load_private(agent_id)
-            if loaded is not None:
-                kid, key = loaded
-                if kid in self._public.get(agent_id, {}):
-                    self._private[agent_id] = loaded
-                    return _raw_public(key.public_key())
-                if kid not in self._revoked.get(agent_id, set()):
-                    try:
-                        await self._ring_add(agent_id, key.public_key(), only_if_empty=False)
-                    except _KeyringConflict:
-                        pass  # revoked meanwhile: make a new key below
-                    else:
-                        self._private[agent_id] = loaded
-                        return _raw_public(key.public_key())
+            await self._ring.fetch(agent_id)
+            loaded = None if rotate else await self._keys.load(agent_id)
+            if loaded is not None and await self._relist(agent_id, loaded):
+                return raw_public(loaded[1].public_key())
             key = Ed25519PrivateKey.generate()
-            await self._keep_private(agent_id, key)
-            await self._ring_add(agent_id, key.public_key(), only_if_empty=False)
-            return _raw_public(key.public_key())
+            await self._keys.keep(agent_id, key)
+            await self._ring.add(agent_id, key.public_key(), only_if_empty=False)
+            return raw_public(key.public_key())
+
+    async def _relist(self, agent_id: str, loaded: HeldKey) -> bool:
+        """Hold ``loaded`` when the key ring lists it or it can be listed again (not
+        revoked); False when a new key is needed."""
+        kid, key = loaded
+        if kid in self._ring.keys_of(agent_id):
+            self._keys.held[agent_id] = loaded
+            return True
+        if self._ring.is_revoked(agent_id, kid):
+            return False
+        try:
+            await self._ring.add(agent_id, key.public_key(), only_if_empty=False)
+        except KeyringConflict:
+            return False  # revoked meanwhile
+        self._keys.held[agent_id] = loaded
+        return True
 
     async def revoke_agent_key(self, agent_id: str, key_id: str) -> bool:
         """Withdraw a signing key: messages signed with it no longer verify (in other
         processes after their next refresh). Returns whether the key was listed."""
-        found = False
-
-        def change(value: Any) -> Any:
-            nonlocal found
-            keys = _field_dict(value, "keys")
-            revoked = _field_list(value, "revoked")
-            found = key_id in keys and key_id not in revoked
-            keys = {k: v for k, v in keys.items() if k != key_id}
-            if key_id not in revoked:
-                revoked = [*revoked, key_id]
-            return {"agent_id": agent_id, "keys": keys, "revoked": revoked}
-
         async with self._guard():
-            record = await self._store().update(NS_PUBLIC_KEYS, agent_id, change)
-            self._public[agent_id] = _parse_public_record(agent_id, record)
-            self._revoked[agent_id] = _revoked_ids(record)
-            hit = self._private.get(agent_id)
-            if hit is not None and hit[0] == key_id:
-                del self._private[agent_id]
+            found = await self._ring.revoke(agent_id, key_id)
+            self._keys.drop(agent_id, key_id)
         return found
 
     def public_keys(self, agent_id: str) -> dict[str, bytes]:
         """The agent's listed public keys (raw bytes) by key id, as this process knows them."""
-        return {kid: _raw_public(k) for kid, k in self._public.get(agent_id, {}).items()}
+        return self._ring.public_keys(agent_id)
 
     def has_signing_key(self, agent_id: str) -> bool:
         """True when this process holds a loaded private key for ``agent_id``."""
-        return agent_id in self._private
+        return agent_id in self._keys.held
 
-    async def _signing_key(self, agent_id: str) -> tuple[str, Ed25519PrivateKey]:
-        hit = self._private.get(agent_id)
-        if hit is not None and hit[0] in self._public.get(agent_id, {}):
+    async def _signing_key(self, agent_id: str) -> HeldKey:
+        hit = self._keys.held.get(agent_id)
+        if hit is not None and hit[0] in self._ring.public.get(agent_id, {}):
             return hit
         async with self._guard():
-            await self._fetch_record(agent_id)
-            listed = self._public.get(agent_id, {})
-            loaded = await self._load_private(agent_id)
+            await self._ring.fetch(agent_id)
+            listed = self._ring.keys_of(agent_id)
+            loaded = await self._keys.load(agent_id)
             if loaded is not None:
-                kid, key = loaded
-                if kid in listed:
-                    self._private[agent_id] = loaded
-                    return loaded
-                if not listed and kid not in self._revoked.get(agent_id, set()):
-                    # The store lost the record (or never had it): publish the key again.
-                    try:
-                        await self._ring_add(agent_id, key.public_key(), only_if_empty=True)
-                    except _KeyringConflict:
-                        pass
-                    else:
-                        self._private[agent_id] = loaded
-                        return loaded
-                self._private.pop(agent_id, None)
-                raise UnknownKeyError(
-                    f"the signing key of agent {agent_id!r} held here ({kid}) is not in the key"
-                    f" ring (revoked or replaced): await bus.register_agent_keys({agent_id!r})"
-                )
+                return await self._republish(agent_id, loaded, listed)
             if listed or not (self.auto_register or agent_id == self._default_sender):
                 where = "registered by another process" if listed else "not registered"
                 raise UnknownKeyError(
@@ -711,13 +379,37 @@ class BusSecurity:
                 )
             key = Ed25519PrivateKey.generate()
             try:
-                await self._ring_add(agent_id, key.public_key(), only_if_empty=True)
-            except _KeyringConflict:
+                await self._ring.add(agent_id, key.public_key(), only_if_empty=True)
+            except KeyringConflict:
                 raise UnknownKeyError(
                     f"agent {agent_id!r} was registered by another process meanwhile"
                 ) from None
-            kid = await self._keep_private(agent_id, key)
+            kid = await self._keys.keep(agent_id, key)
             return kid, key
+
+    async def _republish(
+        self, agent_id: str, loaded: HeldKey, listed: Mapping[str, Ed25519PublicKey]
+    ) -> HeldKey:
+        """The key file's key, when the key ring lists it (``listed``: the agent's keys) or
+        lists nothing for the agent (the store lost the record, or never had it: publish the
+        key again); else :class:`UnknownKeyError` (revoked or replaced)."""
+        kid, key = loaded
+        if kid in listed:
+            self._keys.held[agent_id] = loaded
+            return loaded
+        if not listed and not self._ring.is_revoked(agent_id, kid):
+            try:
+                await self._ring.add(agent_id, key.public_key(), only_if_empty=True)
+            except KeyringConflict:
+                pass
+            else:
+                self._keys.held[agent_id] = loaded
+                return loaded
+        self._keys.held.pop(agent_id, None)
+        raise UnknownKeyError(
+            f"the signing key of agent {agent_id!r} held here ({kid}) is not in the key"
+            f" ring (revoked or replaced): await bus.register_agent_keys({agent_id!r})"
+        )
 
     async def sign(self, message: Message) -> None:
         """Sign ``message`` with its sender's key (writes ``aos.signature`` and
@@ -729,19 +421,6 @@ class BusSecurity:
         kid, key = await self._signing_key(message.sender_id)
         sign_message(message, key, kid)
 
-    def verify(self, message: Message) -> bool:
-        """True when ``message`` carries a valid signature by a key the key ring lists for
-        its sender. Never raises."""
-        if not isinstance(message, Message):
-            return False
-        keys = self._public.get(message.sender_id)
-        kid = message.metadata.get(SIGNER_KEY)
-        if keys is None or (isinstance(kid, str) and kid not in keys):
-            if isinstance(kid, str) and kid not in self._revoked.get(message.sender_id, ()):
-                self._reload_soon()
-            return False
-        return verify_message(message, keys)
-
     async def verify_async(self, message: Message) -> bool:
         """Like :meth:`verify`, but when the signing key is unknown here re-read the
         sender's key-ring record first (for a sender registered in another process a moment
@@ -751,82 +430,30 @@ class BusSecurity:
         if not isinstance(message, Message) or self._storage is None or self._closed:
             return False
         kid = message.metadata.get(SIGNER_KEY)
-        if not isinstance(kid, str) or kid in self._public.get(message.sender_id, {}):
+        if not isinstance(kid, str) or kid in self._ring.keys_of(message.sender_id):
             return False
         try:
-            await self._fetch_record(message.sender_id)
+            await self._ring.fetch(message.sender_id)
         except (StorageError, SecurityError):
             return False
-        return verify_message(message, self._public.get(message.sender_id, {}))
+        return verify_message(message, self._ring.keys_of(message.sender_id))
 
     # ------------------------------------------------------------------ content keys
 
-    def content_key(self, key_id: str) -> bytes | None:
-        """The content-encryption key with that id, if this process knows it."""
-        key = self._local_content.get(key_id)
-        if key is None:
-            key = self._stored_content.get(key_id)
-            if key is None:
-                self._reload_soon()
-        return key
-
     def remember_content_key(self, key: bytes) -> str:
         """Add a content key to this process's key ring (memory only); return its id."""
-        raw = _check_content_key(key)
-        kid = content_key_id(raw)
-        self._local_content[kid] = raw
-        return kid
+        return self._content.remember(key)
 
     async def store_content_key(self, key: bytes) -> str:
         """Add a content key to the shared key ring in the store, so every process using the
         store can decrypt with it; return its id."""
-        raw = _check_content_key(key)
-        kid = content_key_id(raw)
-        await self._store().put(
-            NS_CONTENT_KEYS,
-            kid,
-            {"key": base64.b64encode(raw).decode("ascii"), "created_at": _now_text()},
-        )
-        self._stored_content[kid] = raw
-        self._local_content[kid] = raw
-        return kid
+        return await self._content.store(key)
 
     async def forget_content_key(self, key_id: str) -> bool:
         """Remove a content key from this process and from the store; whether it was known."""
-        known = self._local_content.pop(key_id, None) is not None
-        known = self._stored_content.pop(key_id, None) is not None or known
-        return await self._store().delete(NS_CONTENT_KEYS, key_id) or known
+        return await self._content.forget(key_id)
 
     # ------------------------------------------------------------------ access control
-
-    def _allowed(self, agent: str, kind: str, index: int) -> bool:
-        perm = self._acl.get(agent)
-        if perm is None:
-            return self._default_allow
-        allowed = perm[index]
-        return allowed is None or kind in allowed
-
-    def authorize_publish(
-        self, sender_id: str, message_type: MessageType, answering: Message | None = None
-    ) -> None:
-        """Raise :class:`PermissionDeniedError` when ``sender_id`` may not publish that type.
-
-        ``answering`` is the message whose handler is publishing, if any: a request addressed
-        to ``sender_id`` may always be answered, whatever its entry says."""
-        if self._allowed(sender_id, message_type.value, 0):
-            return
-        if message_type in _REPLY_TYPES and _answers(answering, sender_id):
-            return
-        raise PermissionDeniedError(
-            f"agent {sender_id!r} may not publish {message_type.value!r} messages"
-        )
-
-    def authorize_subscribe(self, agent_id: str, message_type: MessageType) -> None:
-        """Raise :class:`PermissionDeniedError` when ``agent_id`` may not receive that type."""
-        if not self._allowed(agent_id, message_type.value, 1):
-            raise PermissionDeniedError(
-                f"agent {agent_id!r} may not subscribe to {message_type.value!r} messages"
-            )
 
     async def set_permissions(
         self,
@@ -835,64 +462,19 @@ class BusSecurity:
         can_subscribe: Iterable[MessageType | str] | None,
     ) -> None:
         """Store and apply an agent's permissions (type names; ``None`` = every type)."""
-        if not isinstance(agent_id, str) or not agent_id:
-            raise InvalidMessageError("agent_id must be a non-empty string")
-        pub = _type_set(can_publish, "can_publish")
-        sub = _type_set(can_subscribe, "can_subscribe")
-        record = {
-            "can_publish": None if pub is None else sorted(pub),
-            "can_subscribe": None if sub is None else sorted(sub),
-            "updated_at": _now_text(),
-        }
+        permissions = permission_sets(agent_id, can_publish, can_subscribe)
         async with self._guard():
-            await self._store().put(NS_ACL, agent_id, record)
-            self._acl[agent_id] = (pub, sub)
+            await self._access.put(agent_id, permissions)
             self.acl_active = True
 
     async def remove_permissions(self, agent_id: str) -> bool:
         """Drop an agent's entry (it is governed by ``default_permission`` again)."""
         async with self._guard():
-            existed: bool = await self._store().delete(NS_ACL, agent_id)
-            self._acl.pop(agent_id, None)
-            self.acl_active = not self._default_allow or bool(self._acl)
+            existed = await self._access.remove(agent_id)
+            self.acl_active = self._access.active
         return existed
 
     def get_permissions(self, agent_id: str) -> dict[str, list[str] | None] | None:
         """The agent's entry as ``{"can_publish": [...], "can_subscribe": [...]}`` (``None``
         for every type), or ``None`` when it has none."""
-        perm = self._acl.get(agent_id)
-        if perm is None:
-            return None
-        pub, sub = perm
-        return {
-            "can_publish": None if pub is None else sorted(pub),
-            "can_subscribe": None if sub is None else sorted(sub),
-        }
-
-
-def _answers(request: Message | None, sender_id: str) -> bool:
-    """True when ``request`` is a request addressed to ``sender_id`` (it may answer)."""
-    return (
-        request is not None
-        and request.reply_to is not None
-        and request.message_type in REQUEST_TYPES
-        and request.recipient_id in (None, sender_id)
-    )
-
-
-def _check_content_key(key: Any) -> bytes:
-    if not isinstance(key, (bytes, bytearray, memoryview)) or len(bytes(key)) != 32:
-        raise InvalidMessageError("a content key must be 32 bytes (AES-256-GCM)")
-    return bytes(key)
-
-
-def _parse_content_key(key_id: str, value: Any) -> bytes | None:
-    try:
-        raw = base64.b64decode(value["key"], validate=True)
-    except (KeyError, TypeError, ValueError, binascii.Error):
-        log.warning("ignoring a malformed stored content key %r", key_id)
-        return None
-    if len(raw) != 32 or content_key_id(raw) != key_id:
-        log.warning("ignoring a stored content key whose id does not match: %r", key_id)
-        return None
-    return raw
+        return self._access.get(agent_id)
