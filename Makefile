@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
-	$(PY) scripts/shape.py --report-only
+	$(PY) scripts/shape.py
 
 ## bench: every benchmark scenario beside its baseline (table + JSON lines)
 bench: $(STAMP) system-deps

@@ -144,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     findings = measure(args.root)
     for line in findings:
         print(line)
-    print(f"shape: {len(findings)} finding(s) over the limits "
-          f"(module {MODULE_LIMIT}, class {CLASS_LIMIT}, function {FUNCTION_LIMIT}) or cycles")
+    print(
+        f"shape: {len(findings)} finding(s) over the limits "
+        f"(module {MODULE_LIMIT}, class {CLASS_LIMIT}, function {FUNCTION_LIMIT}) or cycles"
+    )
     return 1 if findings and not args.report_only else 0
 
 
