@@ -465,10 +465,7 @@ class FakeManagementTransport(AsyncHttpTransport):  # type: ignore[type-arg]
     async def close(self) -> None:
         self.closed = True
 
-    async def __aenter__(self) -> FakeManagementTransport:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: object) -> None:  # __aenter__ (self) is the base's
         await self.close()
 
     async def send(self, request: Any, **kwargs: Any) -> FakeResponse:

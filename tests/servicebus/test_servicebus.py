@@ -11,9 +11,10 @@ of its own.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,24 +33,38 @@ from AgentOperatingSystem.messaging.servicebus_manager import (
     servicebus_info,
     subscription_queue,
 )
-from AgentOperatingSystem.messaging.types import Message
-from tests.support.engines import LOCAL_ENGINES, engine_params, engine_url
+from tests.support.engines import ENGINES, LOCAL_ENGINES, engine_params, engine_url
 from tests.support.messages import drain_subscription as drain
 from tests.support.waiting import eventually
 
-
-@pytest.fixture(params=engine_params())
-async def sb(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ServiceBusManager]:
-    async with engine_url(request, request.param, tmp_path, name="servicebus") as url:
-        manager = ServiceBusManager(connection_string=url, poll_interval=0.05)
-        yield manager
-        await manager.close()
+from .spec_examples import (
+    SPEC_EVENT,
+    start_service_bus_manager_example,
+    topic_and_subscription_management,
+)
 
 
-@pytest.fixture(params=engine_params(LOCAL_ENGINES))
-async def local_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with engine_url(request, request.param, tmp_path, name="servicebus") as url:
-        yield url
+def _url_fixture(name: str, engines: Iterable[str]) -> Any:
+    """The fixture ``name``: a fresh engine URL, once per engine of ``engines``."""
+
+    @pytest.fixture(name=name, params=engine_params(engines))
+    async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+        async with engine_url(request, request.param, tmp_path, name="servicebus") as url:
+            yield url
+
+    return url
+
+
+any_url = _url_fixture("any_url", ENGINES)
+local_url = _url_fixture("local_url", LOCAL_ENGINES)
+spec_url = _url_fixture("spec_url", ("sqlite", "nats", "memory"))
+
+
+@pytest.fixture
+async def sb(any_url: str) -> AsyncIterator[ServiceBusManager]:
+    manager = ServiceBusManager(connection_string=any_url, poll_interval=0.05)
+    yield manager
+    await manager.close()
 
 
 @pytest.fixture
@@ -68,69 +83,17 @@ async def timed(local_url: str, clock: ManualClock) -> AsyncIterator[ServiceBusM
 # ----------------------------------------------------------------------------- spec 3.5
 
 
-@pytest.fixture(params=engine_params(("sqlite", "nats", "memory")))
-async def spec_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with engine_url(request, request.param, tmp_path, name="servicebus") as url:
-        yield url
-
-
 async def test_spec_3_5_examples_run_as_written(spec_url: str) -> None:
-    url = spec_url
-    processed: list[Message] = []
-
-    async def process_event(message: Message) -> None:
-        processed.append(message)
-
     # Initialize with connection string (the spec reads it from
     # AZURE_SERVICE_BUS_CONNECTION_STRING; here it is an engine URL)
-    service_bus = ServiceBusManager(connection_string=url)
+    service_bus = ServiceBusManager(connection_string=spec_url)
 
-    # The first example assumes its topic and subscription exist, as on Azure.
-    await service_bus.create_topic(topic_name="agent_events")
-    await service_bus.create_subscription(
-        topic_name="agent_events", subscription_name="orchestrator_subscription"
-    )
-
-    async def service_bus_manager_example() -> None:
-        # ---- spec 3.5 "Service Bus Manager", as written ----
-        # Send message to topic
-        await service_bus.send_to_topic(
-            topic_name="agent_events",
-            message={
-                "event_type": "task_completed",
-                "agent_id": "ceo_agent",
-                "task_id": "task_001",
-            },
-        )
-
-        # Receive messages from subscription
-        async for message in service_bus.receive_from_subscription(
-            topic_name="agent_events", subscription_name="orchestrator_subscription"
-        ):
-            await process_event(message)
-            await service_bus.complete_message(message)
-
-    loop_task = asyncio.create_task(service_bus_manager_example())
+    processed, loop_task = await start_service_bus_manager_example(service_bus)
     await eventually(lambda: len(processed) == 1)
-    assert processed[0].content == {
-        "event_type": "task_completed",
-        "agent_id": "ceo_agent",
-        "task_id": "task_001",
-    }
+    assert processed[0].content == SPEC_EVENT
     await eventually(lambda: _count(service_bus, "agent_events", "orchestrator_subscription", 0))
 
-    # ---- spec 3.5 "Topic and Subscription Management", as written ----
-    # Create topic
-    await service_bus.create_topic(
-        topic_name="agent_tasks", max_size_in_mb=1024, default_message_ttl_seconds=3600
-    )
-
-    # Create subscription
-    await service_bus.create_subscription(
-        topic_name="agent_tasks",
-        subscription_name="ceo_agent_tasks",
-        filter_rule="agent_id = 'ceo_agent'",
-    )
+    await topic_and_subscription_management(service_bus)
 
     # The filter decides what reaches the subscription.
     await service_bus.send_to_topic(
@@ -335,6 +298,27 @@ async def test_two_managers_share_one_sqlite_file(tmp_path: Path, clock: ManualC
             clock.advance(1.0)
             await a.send_to_topic("t", {"x": 2})
             assert [m.content for m in await drain(b, "t", "s")] == [{"x": 2}]
+
+
+async def test_metadata_refresh_seconds_set_on_the_backend_takes_effect(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    async with ServiceBusManager(connection_string=url, clock=clock) as a:
+        async with ServiceBusManager(connection_string=url, clock=clock) as b:
+            backend = b.backend
+            assert isinstance(backend, EngineServiceBus)
+            backend.metadata_refresh_seconds = 5.0
+            assert backend.metadata_refresh_seconds == 5.0
+            await b.create_topic("t")
+            await b.send_to_topic("t", {"x": 0})  # b caches the topic without subscriptions
+            await a.create_subscription("t", "s")
+            clock.advance(1.0)  # the default refresh would reload here; 5 s does not
+            await b.send_to_topic("t", {"x": 1})
+            assert await drain(a, "t", "s") == []
+            clock.advance(4.0)
+            await b.send_to_topic("t", {"x": 2})
+            assert [m.content for m in await drain(a, "t", "s")] == [{"x": 2}]
 
 
 async def test_sharing_a_bus_engine() -> None:

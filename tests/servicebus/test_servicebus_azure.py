@@ -68,6 +68,11 @@ from .azure_fake import (
     error_body,
     make_manager,
 )
+from .spec_examples import (
+    SPEC_EVENT,
+    start_service_bus_manager_example,
+    topic_and_subscription_management,
+)
 
 
 @pytest.fixture
@@ -89,36 +94,7 @@ def test_an_azure_connection_string_selects_the_sdk_backend() -> None:
 
 async def test_spec_3_5_examples_on_azure(azure: Azure) -> None:
     service_bus = azure.manager
-    processed: list[Message] = []
-
-    async def process_event(message: Message) -> None:
-        processed.append(message)
-
-    # Provisioning the first example assumes (the spec's topic and subscription exist).
-    await service_bus.create_topic(topic_name="agent_events")
-    await service_bus.create_subscription(
-        topic_name="agent_events", subscription_name="orchestrator_subscription"
-    )
-
-    async def example() -> None:
-        # Send message to topic
-        await service_bus.send_to_topic(
-            topic_name="agent_events",
-            message={
-                "event_type": "task_completed",
-                "agent_id": "ceo_agent",
-                "task_id": "task_001",
-            },
-        )
-
-        # Receive messages from subscription
-        async for message in service_bus.receive_from_subscription(
-            topic_name="agent_events", subscription_name="orchestrator_subscription"
-        ):
-            await process_event(message)
-            await service_bus.complete_message(message)
-
-    task = asyncio.create_task(example())
+    processed, task = await start_service_bus_manager_example(service_bus)
     await eventually(
         lambda: (
             processed
@@ -127,34 +103,15 @@ async def test_spec_3_5_examples_on_azure(azure: Azure) -> None:
         10,
     )
     [got] = processed
-    assert got.content == {
-        "event_type": "task_completed",
-        "agent_id": "ceo_agent",
-        "task_id": "task_001",
-    }
+    assert got.content == SPEC_EVENT
     assert application_properties(got) == got.content  # bytes keys decoded back to str
     assert servicebus_info(got)["delivery_count"] == 1
     [sent] = azure.client.senders[0].sent
-    assert sent.application_properties == {
-        "event_type": "task_completed",
-        "agent_id": "ceo_agent",
-        "task_id": "task_001",
-    }
+    assert sent.application_properties == SPEC_EVENT
     assert sent.content_type == "application/json"
     assert json.loads(b"".join(sent.body)) == got.content
 
-    # Create topic
-    await service_bus.create_topic(
-        topic_name="agent_tasks", max_size_in_mb=1024, default_message_ttl_seconds=3600
-    )
-
-    # Create subscription
-    await service_bus.create_subscription(
-        topic_name="agent_tasks",
-        subscription_name="ceo_agent_tasks",
-        filter_rule="agent_id = 'ceo_agent'",
-    )
-
+    await topic_and_subscription_management(service_bus)
     topic_xml = azure.ns.topics["agent_tasks"]
     assert topic_xml.findtext(f"{{{SB}}}MaxSizeInMegabytes") == "1024"
     assert topic_xml.findtext(f"{{{SB}}}DefaultMessageTimeToLive") == "PT1H"

@@ -1,40 +1,13 @@
 """The spec's import path for :class:`ServiceBusManager`; Service Bus lives in
-:mod:`.servicebus` (manager, backends, entities, sqlfilter)."""
+:mod:`.servicebus` (manager, backends, entities, sqlfilter). Every public name of
+:mod:`.servicebus.entities` is re-exported here too."""
 
+from .servicebus import entities
 from .servicebus.backend import ServiceBusBackend
 from .servicebus.engine import EngineServiceBus
-from .servicebus.entities import (
-    DEFAULT_RULE_NAME,
-    SERVICEBUS_KEY,
-    OutgoingMessage,
-    RuleProperties,
-    SubscriptionProperties,
-    SubscriptionRuntimeProperties,
-    TopicProperties,
-    TopicRuntimeProperties,
-    application_properties,
-    is_azure_connection_string,
-    servicebus_info,
-    subscription_queue,
-)
+from .servicebus.entities import *  # noqa: F403  (every name of entities.__all__)
 from .servicebus.manager import ServiceBusManager
 from .servicebus.receiver import SubscriptionReceiver
 
-__all__ = [
-    "DEFAULT_RULE_NAME",
-    "SERVICEBUS_KEY",
-    "EngineServiceBus",
-    "OutgoingMessage",
-    "RuleProperties",
-    "ServiceBusBackend",
-    "ServiceBusManager",
-    "SubscriptionProperties",
-    "SubscriptionReceiver",
-    "SubscriptionRuntimeProperties",
-    "TopicProperties",
-    "TopicRuntimeProperties",
-    "application_properties",
-    "is_azure_connection_string",
-    "servicebus_info",
-    "subscription_queue",
-]
+__all__ = ["EngineServiceBus", "ServiceBusBackend", "ServiceBusManager", "SubscriptionReceiver"]
+__all__ += entities.__all__

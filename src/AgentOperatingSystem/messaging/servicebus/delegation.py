@@ -4,10 +4,13 @@ A backend (:class:`~.engine.EngineServiceBus`, :class:`~.azure.AzureServiceBus`)
 hot paths (send, receive, settle) in its own class and owns two collaborators for the rest:
 an :class:`~.backend.EntityAdmin` (topics, subscriptions, rules) and a
 :class:`~.backend.DeadLetterStore`. :class:`DelegatingBackend` forwards those calls to them,
-so neither facade writes the same sixteen one-line methods again.
+so neither facade writes the same sixteen one-line methods again; :class:`Forwarded` is a
+setting of the facade that one of its collaborators keeps.
 """
 
 from __future__ import annotations
+
+from typing import Any, Generic, TypeVar, overload
 
 from ..types import Message
 from .backend import DeadLetterStore, EntityAdmin
@@ -20,7 +23,37 @@ from .entities import (
 )
 from .sqlfilter import Filter
 
-__all__ = ["DelegatingBackend"]
+__all__ = ["DelegatingBackend", "Forwarded"]
+
+T = TypeVar("T")
+
+
+class Forwarded(Generic[T]):
+    """A read-write attribute of a facade that a collaborator keeps: ``facade.name`` reads
+    and writes ``facade.<collaborator>.<attribute>``, so the two never disagree.
+
+    ``poll = Forwarded[float]("_catalog", "poll_seconds", "How often ...")`` in a class body.
+    """
+
+    def __init__(self, collaborator: str, attribute: str, doc: str) -> None:
+        self._collaborator = collaborator
+        self._attribute = attribute
+        self.__doc__ = doc
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any]) -> Forwarded[T]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> T: ...
+
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> Forwarded[T] | T:
+        if instance is None:
+            return self
+        value: T = getattr(getattr(instance, self._collaborator), self._attribute)
+        return value
+
+    def __set__(self, instance: object, value: T) -> None:
+        setattr(getattr(instance, self._collaborator), self._attribute, value)
 
 
 class DelegatingBackend:

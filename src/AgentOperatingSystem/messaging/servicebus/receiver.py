@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..types import Message
@@ -25,30 +27,25 @@ class ReceiverSource(Protocol):
         ...
 
 
-class SubscriptionReceiver:
+@dataclass(eq=False)
+class SubscriptionReceiver(AbstractAsyncContextManager["SubscriptionReceiver", None]):
     """``async for`` over a subscription's messages (peek-lock), one at a time.
 
-    Ends after ``max_wait_time`` seconds without a message (when given), after
-    ``max_messages`` messages (when given), when the manager closes, or when closed
-    (``aclose()``, or leaving ``async with``). Each message must be settled with the
-    manager's ``complete_message``/``abandon_message``/``dead_letter_message``.
+    Built by the manager with its arguments, in the order of the fields below; ``received``
+    counts the messages yielded so far. Ends after ``max_wait_time`` seconds without a
+    message (when given), after ``max_messages`` messages (when given), when the manager
+    closes, or when closed (``aclose()``, or leaving ``async with``; entering returns the
+    receiver, as the base class does). Each message must be settled with the manager's
+    ``complete_message``/``abandon_message``/``dead_letter_message``.
     """
 
-    def __init__(
-        self,
-        manager: ReceiverSource,
-        topic_name: str,
-        subscription_name: str,
-        max_wait_time: float | None,
-        max_messages: int | None,
-    ) -> None:
-        self._manager = manager
-        self.topic_name = topic_name
-        self.subscription_name = subscription_name
-        self.max_wait_time = max_wait_time
-        self.max_messages = max_messages
-        self.received = 0
-        self._closed = False
+    _manager: ReceiverSource = field(repr=False)
+    topic_name: str
+    subscription_name: str
+    max_wait_time: float | None
+    max_messages: int | None
+    received: int = field(default=0, init=False)
+    _closed: bool = field(default=False, init=False, repr=False)
 
     def __aiter__(self) -> SubscriptionReceiver:
         return self
@@ -72,9 +69,6 @@ class SubscriptionReceiver:
     async def aclose(self) -> None:
         """Stop iterating."""
         self._closed = True
-
-    async def __aenter__(self) -> SubscriptionReceiver:
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()

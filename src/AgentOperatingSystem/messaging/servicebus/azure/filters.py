@@ -7,10 +7,11 @@ any other filter to a ``SqlRuleFilter`` of its SQL.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Final, Mapping
 
 from ...errors import ConfigurationError, FilterEvaluationError, FilterSyntaxError
 from ..sqlfilter import (
+    CORRELATION_FIELDS,
     CorrelationFilter,
     FalseFilter,
     Filter,
@@ -22,6 +23,12 @@ from .convert import str_or_none, text_of
 from .sdk import CorrelationRuleFilter, FalseRuleFilter, SqlRuleFilter, TrueRuleFilter
 
 __all__ = ["UnparsedSqlFilter", "from_azure_filter", "to_azure_filter"]
+
+#: Each correlation field's key in our filters and its attribute on ``CorrelationRuleFilter``
+#: (the same name, but for our ``subject``, which is Azure's ``label``).
+_SDK_FIELDS: Final = tuple(
+    (key, "label" if key == "subject" else key) for key, _sql_name in CORRELATION_FIELDS
+)
 
 
 class UnparsedSqlFilter(Filter):
@@ -62,14 +69,7 @@ def to_azure_filter(rule_filter: Filter) -> SqlRuleFilter | CorrelationRuleFilte
     if isinstance(rule_filter, CorrelationFilter):
         values = rule_filter.system_values
         return CorrelationRuleFilter(
-            correlation_id=values.get("correlation_id"),
-            message_id=values.get("message_id"),
-            to=values.get("to"),
-            reply_to=values.get("reply_to"),
-            label=values.get("subject"),
-            session_id=values.get("session_id"),
-            reply_to_session_id=values.get("reply_to_session_id"),
-            content_type=values.get("content_type"),
+            **{sdk_name: values.get(key) for key, sdk_name in _SDK_FIELDS},
             properties=dict(rule_filter.properties) or None,
         )
     if isinstance(rule_filter, (SqlFilter, UnparsedSqlFilter)):
@@ -85,16 +85,7 @@ def from_azure_filter(value: Any) -> Filter:
     if isinstance(value, FalseRuleFilter):
         return FalseFilter()
     if isinstance(value, CorrelationRuleFilter):
-        fields: dict[str, Any] = {
-            "correlation_id": str_or_none(value.correlation_id),
-            "message_id": str_or_none(value.message_id),
-            "to": str_or_none(value.to),
-            "reply_to": str_or_none(value.reply_to),
-            "subject": str_or_none(value.label),
-            "session_id": str_or_none(value.session_id),
-            "reply_to_session_id": str_or_none(value.reply_to_session_id),
-            "content_type": str_or_none(value.content_type),
-        }
+        fields = {key: str_or_none(getattr(value, sdk_name)) for key, sdk_name in _SDK_FIELDS}
         props = {str(text_of(k)): text_of(v) for k, v in (value.properties or {}).items()}
         try:
             return CorrelationFilter(

@@ -10,13 +10,15 @@ dead-lettering.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from ...errors import LockLostError, UnknownMessageError
 from ...types import Message
-from ..delegation import DelegatingBackend
+from ..delegation import DelegatingBackend, Forwarded
 from ..entities import SERVICEBUS_KEY, OutgoingMessage
 from .admin import AzureAdmin
 from .connection import AzureConnection
@@ -31,6 +33,9 @@ from .sdk import (
 from .translate import azure_errors
 
 __all__ = ["AzureServiceBus"]
+
+#: When a settling call forgets the lock it held (see ``AzureServiceBus._settling``).
+_Forget = Literal["on success", "always", "never"]
 
 
 @dataclass(slots=True)
@@ -107,14 +112,11 @@ class AzureServiceBus(DelegatingBackend):
         """The administration client (after :meth:`start`)."""
         return self._conn.admin
 
-    @property
-    def dead_letter_wait_seconds(self) -> float:
-        """How long each receive waits while resubmitting or purging dead letters."""
-        return self._dlq.wait_seconds
-
-    @dead_letter_wait_seconds.setter
-    def dead_letter_wait_seconds(self, value: float) -> None:
-        self._dlq.wait_seconds = value
+    dead_letter_wait_seconds = Forwarded[float](
+        "_dlq",
+        "wait_seconds",
+        "How long each receive waits while resubmitting or purging dead letters.",
+    )
 
     # -------------------------------------------------------------- sending
 
@@ -180,52 +182,54 @@ class AzureServiceBus(DelegatingBackend):
         self._held.pop(token, None)
         message.metadata[SERVICEBUS_KEY]["lock_token"] = None
 
-    async def complete(self, message: Message) -> None:
-        """``complete_message``."""
+    @contextmanager
+    def _settling(self, message: Message, action: str, *, forget: _Forget) -> Iterator[_Held]:
+        """The held lock of ``message``, for a body that settles it under
+        ``azure_errors(action)``. A lost lock is always forgotten; otherwise ``forget`` says
+        when: ``"on success"`` (complete), ``"always"`` (abandon, dead-letter: the message is
+        let go either way) or ``"never"`` (renew: the lock is still held)."""
         self._check()
         token, held = self._take(message)
         try:
-            with azure_errors(f"complete message {message.message_id!r}"):
-                await held.receiver.complete_message(held.message)
+            with azure_errors(action):
+                yield held
         except LockLostError:
             self._done(message, token)
             raise
-        self._done(message, token)
+        except BaseException:
+            if forget == "always":
+                self._done(message, token)
+            raise
+        if forget != "never":
+            self._done(message, token)
+
+    async def complete(self, message: Message) -> None:
+        """``complete_message``."""
+        action = f"complete message {message.message_id!r}"
+        with self._settling(message, action, forget="on success") as held:
+            await held.receiver.complete_message(held.message)
 
     async def abandon(self, message: Message) -> None:
         """``abandon_message`` (Azure applies ``max_delivery_count``)."""
-        self._check()
-        token, held = self._take(message)
-        try:
-            with azure_errors(f"abandon message {message.message_id!r}"):
-                await held.receiver.abandon_message(held.message)
-        finally:
-            self._done(message, token)
+        action = f"abandon message {message.message_id!r}"
+        with self._settling(message, action, forget="always") as held:
+            await held.receiver.abandon_message(held.message)
 
     async def dead_letter(
         self, message: Message, reason: str | None, error_description: str | None
     ) -> None:
         """``dead_letter_message``."""
-        self._check()
-        token, held = self._take(message)
-        try:
-            with azure_errors(f"dead-letter message {message.message_id!r}"):
-                await held.receiver.dead_letter_message(
-                    held.message, reason=reason, error_description=error_description
-                )
-        finally:
-            self._done(message, token)
+        action = f"dead-letter message {message.message_id!r}"
+        with self._settling(message, action, forget="always") as held:
+            await held.receiver.dead_letter_message(
+                held.message, reason=reason, error_description=error_description
+            )
 
     async def renew_lock(self, message: Message) -> datetime:
         """``renew_message_lock``."""
-        self._check()
-        token, held = self._take(message)
-        try:
-            with azure_errors(f"renew the lock of {message.message_id!r}"):
-                until = await held.receiver.renew_message_lock(held.message)
-        except LockLostError:
-            self._done(message, token)
-            raise
+        action = f"renew the lock of {message.message_id!r}"
+        with self._settling(message, action, forget="never") as held:
+            until = await held.receiver.renew_message_lock(held.message)
         if isinstance(until, datetime):
             message.metadata[SERVICEBUS_KEY]["locked_until"] = until.timestamp()
             return until

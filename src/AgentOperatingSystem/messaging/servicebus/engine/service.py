@@ -28,7 +28,7 @@ from ...errors import (
     UnknownMessageError,
 )
 from ...types import Message, new_message_id
-from ..delegation import DelegatingBackend
+from ..delegation import DelegatingBackend, Forwarded
 from ..entities import (
     MIB,
     REASON_EXPIRED,
@@ -113,14 +113,11 @@ class EngineServiceBus(DelegatingBackend):
             raise BrokerClosedError("the service bus is not started or already closed")
         return self._broker
 
-    @property
-    def metadata_refresh_seconds(self) -> float:
-        """How long topic metadata is cached before it is read again."""
-        return self._catalog.metadata_refresh_seconds
-
-    @metadata_refresh_seconds.setter
-    def metadata_refresh_seconds(self, value: float) -> None:
-        self._catalog.metadata_refresh_seconds = value
+    metadata_refresh_seconds = Forwarded[float](
+        "_catalog",
+        "metadata_refresh_seconds",
+        "How long topic metadata is cached before it is read again.",
+    )
 
     async def start(self) -> None:
         """Open the engine (unless one was injected)."""

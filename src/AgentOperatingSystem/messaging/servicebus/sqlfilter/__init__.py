@@ -52,50 +52,13 @@ operators mean) and :mod:`.like`; then :mod:`.filters` and :mod:`.correlation`.
 
 from __future__ import annotations
 
-from .correlation import CorrelationFilter
-from .filters import FalseFilter, Filter, SqlFilter, TrueFilter, filter_from_rule, parse_filter
+from . import correlation, filters, nodes
+from .correlation import *  # noqa: F403  (CorrelationFilter, CORRELATION_FIELDS)
+from .filters import *  # noqa: F403  (Filter, SqlFilter, TrueFilter, FalseFilter, parse_filter, ...)
 from .names import MAX_EXPRESSION_LENGTH, MAX_NESTING_DEPTH
-from .nodes import (
-    And,
-    Arithmetic,
-    Comparison,
-    Constant,
-    Exists,
-    Function,
-    In,
-    IsNull,
-    Like,
-    Node,
-    Not,
-    Or,
-    Property,
-    Unary,
-    to_sql,
-)
+from .nodes import *  # noqa: F403  (the AST node classes and to_sql)
 
-__all__ = [
-    "MAX_EXPRESSION_LENGTH",
-    "MAX_NESTING_DEPTH",
-    "And",
-    "Arithmetic",
-    "Comparison",
-    "Constant",
-    "CorrelationFilter",
-    "Exists",
-    "FalseFilter",
-    "Filter",
-    "Function",
-    "In",
-    "IsNull",
-    "Like",
-    "Node",
-    "Not",
-    "Or",
-    "Property",
-    "SqlFilter",
-    "TrueFilter",
-    "Unary",
-    "filter_from_rule",
-    "parse_filter",
-    "to_sql",
-]
+__all__ = ["MAX_EXPRESSION_LENGTH", "MAX_NESTING_DEPTH"]
+__all__ += correlation.__all__
+__all__ += filters.__all__
+__all__ += nodes.__all__

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import types
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, overload
 
 from ...errors import ConfigurationError, FilterEvaluationError
 from .compiler import compile_property
@@ -15,7 +15,21 @@ from .names import INT64_MAX
 from .nodes import And, Comparison, Constant, IsNull, Node, Property, Unary, to_sql
 from .semantics import EMPTY, MISSING, Props, ci_lookup, eq
 
-__all__ = ["CorrelationFilter"]
+__all__ = ["CORRELATION_FIELDS", "CorrelationFilter"]
+
+CORRELATION_FIELDS: Final = (
+    ("correlation_id", "CorrelationId"),
+    ("message_id", "MessageId"),
+    ("to", "To"),
+    ("reply_to", "ReplyTo"),
+    ("subject", "Label"),
+    ("session_id", "SessionId"),
+    ("reply_to_session_id", "ReplyToSessionId"),
+    ("content_type", "ContentType"),
+)
+"""The system fields a :class:`CorrelationFilter` can require, in order: each one's
+snake_case key (in ``system`` and :attr:`~CorrelationFilter.system_values`) and its SQL
+``sys.`` name."""
 
 
 def _sql_constant(value: Any, what: str) -> Node:
@@ -28,6 +42,38 @@ def _sql_constant(value: Any, what: str) -> Node:
             return Constant(value)
         return Unary("-", Constant(-value))
     raise ConfigurationError(f"{what}: a {type(value).__name__} value cannot be written as SQL")
+
+
+class _Required:
+    """A read-only attribute of a :class:`CorrelationFilter`: the value it requires of the
+    system field ``key`` (by default the attribute's own name), or None."""
+
+    def __init__(self, doc: str, *, key: str = "") -> None:
+        self.__doc__ = doc
+        self._key = key
+        self._name = key
+
+    def __set_name__(self, owner: type[CorrelationFilter], name: str) -> None:
+        self._name = name
+        self._key = self._key or name
+
+    @overload
+    def __get__(self, instance: None, owner: type[CorrelationFilter]) -> _Required: ...
+
+    @overload
+    def __get__(
+        self, instance: CorrelationFilter, owner: type[CorrelationFilter] | None = None
+    ) -> str | None: ...
+
+    def __get__(
+        self, instance: CorrelationFilter | None, owner: type[CorrelationFilter] | None = None
+    ) -> _Required | str | None:
+        if instance is None:
+            return self
+        return instance._system_values.get(self._key)
+
+    def __set__(self, instance: CorrelationFilter, value: object) -> None:
+        raise AttributeError(f"CorrelationFilter.{self._name} is read-only")
 
 
 class CorrelationFilter(Filter):
@@ -47,17 +93,6 @@ class CorrelationFilter(Filter):
         "_system_checks",
         "_system_values",
         "_user_checks",
-    )
-
-    _FIELDS: Final = (
-        ("correlation_id", "CorrelationId"),
-        ("message_id", "MessageId"),
-        ("to", "To"),
-        ("reply_to", "ReplyTo"),
-        ("subject", "Label"),
-        ("session_id", "SessionId"),
-        ("reply_to_session_id", "ReplyToSessionId"),
-        ("content_type", "ContentType"),
     )
 
     def __init__(
@@ -88,7 +123,7 @@ class CorrelationFilter(Filter):
         }
         system_values: dict[str, str] = {}
         checks: list[tuple[Callable[[Props, Props], Any], str]] = []
-        for key, sql_name in self._FIELDS:
+        for key, sql_name in CORRELATION_FIELDS:
             value = given[key]
             if value is None:
                 continue
@@ -118,50 +153,15 @@ class CorrelationFilter(Filter):
         """The user properties this filter requires."""
         return self._properties
 
-    @property
-    def correlation_id(self) -> str | None:
-        """The required correlation id, if any."""
-        return self._system_values.get("correlation_id")
-
-    @property
-    def message_id(self) -> str | None:
-        """The required message id, if any."""
-        return self._system_values.get("message_id")
-
-    @property
-    def to(self) -> str | None:
-        """The required ``to`` address, if any."""
-        return self._system_values.get("to")
-
-    @property
-    def reply_to(self) -> str | None:
-        """The required reply-to address, if any."""
-        return self._system_values.get("reply_to")
-
-    @property
-    def subject(self) -> str | None:
-        """The required subject (label), if any."""
-        return self._system_values.get("subject")
-
-    @property
-    def label(self) -> str | None:
-        """Alias of :attr:`subject`."""
-        return self._system_values.get("subject")
-
-    @property
-    def session_id(self) -> str | None:
-        """The required session id, if any."""
-        return self._system_values.get("session_id")
-
-    @property
-    def reply_to_session_id(self) -> str | None:
-        """The required reply-to session id, if any."""
-        return self._system_values.get("reply_to_session_id")
-
-    @property
-    def content_type(self) -> str | None:
-        """The required content type, if any."""
-        return self._system_values.get("content_type")
+    correlation_id = _Required("The required correlation id, if any.")
+    message_id = _Required("The required message id, if any.")
+    to = _Required("The required ``to`` address, if any.")
+    reply_to = _Required("The required reply-to address, if any.")
+    subject = _Required("The required subject (label), if any.")
+    label = _Required("Alias of :attr:`subject`.", key="subject")
+    session_id = _Required("The required session id, if any.")
+    reply_to_session_id = _Required("The required reply-to session id, if any.")
+    content_type = _Required("The required content type, if any.")
 
     def evaluate(self, properties: Props, system: Props | None = None) -> bool:
         """True when every given field and property matches."""
@@ -188,7 +188,7 @@ class CorrelationFilter(Filter):
     def to_ast(self) -> Node:
         """The equivalent SQL filter AST (``ConfigurationError`` if a value has no SQL form)."""
         conditions: list[Node] = []
-        for key, sql_name in self._FIELDS:
+        for key, sql_name in CORRELATION_FIELDS:
             if key in self._system_values:
                 conditions.append(
                     Comparison("=", Property(sql_name, "sys"), Constant(self._system_values[key]))

@@ -4,7 +4,7 @@ compiled once), :class:`TrueFilter`/:class:`FalseFilter`, and :func:`filter_from
 from __future__ import annotations
 
 import abc
-from typing import Final
+from typing import ClassVar, Final
 
 from ...errors import FilterEvaluationError, FilterSyntaxError
 from .compiler import compile_filter
@@ -120,36 +120,39 @@ class SqlFilter(Filter):
         return hash(self._sql)
 
 
-class TrueFilter(SqlFilter):
+class _ConstantFilter(SqlFilter):
+    """A filter whose answer is the same for every message: ``_MATCHES``, the SQL filter
+    ``_SQL`` (the base of :class:`TrueFilter` and :class:`FalseFilter`)."""
+
+    __slots__ = ()
+    _SQL: ClassVar[str]
+    _MATCHES: ClassVar[bool]
+
+    def __init__(self) -> None:
+        super().__init__(self._SQL)
+
+    def evaluate(self, properties: Props, system: Props | None = None) -> bool:
+        """Always the same answer, whatever the message."""
+        return self._MATCHES
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class TrueFilter(_ConstantFilter):
     """Matches every message; the SQL filter ``1=1``."""
 
     __slots__ = ()
-
-    def __init__(self) -> None:
-        super().__init__("1=1")
-
-    def evaluate(self, properties: Props, system: Props | None = None) -> bool:
-        """Always ``True``."""
-        return True
-
-    def __repr__(self) -> str:
-        return "TrueFilter()"
+    _SQL = "1=1"
+    _MATCHES = True
 
 
-class FalseFilter(SqlFilter):
+class FalseFilter(_ConstantFilter):
     """Matches no message; the SQL filter ``1=0``."""
 
     __slots__ = ()
-
-    def __init__(self) -> None:
-        super().__init__("1=0")
-
-    def evaluate(self, properties: Props, system: Props | None = None) -> bool:
-        """Always ``False``."""
-        return False
-
-    def __repr__(self) -> str:
-        return "FalseFilter()"
+    _SQL = "1=0"
+    _MATCHES = False
 
 
 _TRUE_AST: Final = Comparison("=", Constant(1), Constant(1))

@@ -103,8 +103,9 @@ class Unary(Node):
 
 
 @dataclass(frozen=True, slots=True)
-class Arithmetic(Node):
-    """A binary arithmetic operation: ``+``, ``-``, ``*``, ``/`` or ``%``."""
+class _Binary(Node):
+    """``left op right``: the fields and children of :class:`Arithmetic` and
+    :class:`Comparison` (never built itself)."""
 
     op: str
     left: Node
@@ -115,15 +116,13 @@ class Arithmetic(Node):
 
 
 @dataclass(frozen=True, slots=True)
-class Comparison(Node):
+class Arithmetic(_Binary):
+    """A binary arithmetic operation: ``+``, ``-``, ``*``, ``/`` or ``%``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison(_Binary):
     """A comparison: ``=``, ``<>`` (``!=`` is parsed as ``<>``), ``>``, ``>=``, ``<``, ``<=``."""
-
-    op: str
-    left: Node
-    right: Node
-
-    def children(self) -> tuple[Node, ...]:
-        return (self.left, self.right)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +184,9 @@ class Not(Node):
 
 
 @dataclass(frozen=True, slots=True)
-class And(Node):
-    """``p1 AND p2 AND ...`` (two or more operands)."""
+class _Junction(Node):
+    """Two or more ``operands``: the fields and children of :class:`And` and :class:`Or`
+    (never built itself)."""
 
     operands: tuple[Node, ...]
 
@@ -195,13 +195,13 @@ class And(Node):
 
 
 @dataclass(frozen=True, slots=True)
-class Or(Node):
+class And(_Junction):
+    """``p1 AND p2 AND ...`` (two or more operands)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Or(_Junction):
     """``p1 OR p2 OR ...`` (two or more operands)."""
-
-    operands: tuple[Node, ...]
-
-    def children(self) -> tuple[Node, ...]:
-        return self.operands
 
 
 PREDICATE_NODES: Final = (Comparison, In, Like, IsNull, Exists, Not, And, Or)

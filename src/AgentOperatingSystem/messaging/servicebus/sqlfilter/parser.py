@@ -191,21 +191,18 @@ class _Parser:
         return node
 
     def parse_additive(self) -> Node:
-        left = self.parse_multiplicative()
-        while self.at_op("+", "-"):
-            token = self.advance()
-            self.require_value(left)
-            right = self.parse_multiplicative()
-            self.require_value(right)
-            left = self.make(nodes.Arithmetic(token.value, left, right, pos=left.pos))
-        return left
+        return self._parse_arithmetic(("+", "-"), self.parse_multiplicative)
 
     def parse_multiplicative(self) -> Node:
-        left = self.parse_unary()
-        while self.at_op("*", "/", "%"):
+        return self._parse_arithmetic(("*", "/", "%"), self.parse_unary)
+
+    def _parse_arithmetic(self, ops: tuple[str, ...], parse_operand: Callable[[], Node]) -> Node:
+        """One precedence level of binary arithmetic: operands joined left to right."""
+        left = parse_operand()
+        while self.at_op(*ops):
             token = self.advance()
             self.require_value(left)
-            right = self.parse_unary()
+            right = parse_operand()
             self.require_value(right)
             left = self.make(nodes.Arithmetic(token.value, left, right, pos=left.pos))
         return left
