@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 import sqlite3
 import stat
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ from AgentOperatingSystem.messaging.errors import (
 )
 from AgentOperatingSystem.messaging.types import Message, MessagePriority, MessageType
 from AgentOperatingSystem.storage.manager import StorageManager
+from tests.support.messages import task
 from tests.support.waiting import eventually
 
 # ----------------------------------------------------------------------------- helpers
@@ -62,6 +65,11 @@ def mem_config(tmp_path: Path, **kw: Any) -> MessageBusConfig:
 def sqlite_config(tmp_path: Path, name: str = "bus", **kw: Any) -> MessageBusConfig:
     kw.setdefault("data_dir", str(tmp_path / f"{name}-data"))
     return MessageBusConfig(broker_url=f"sqlite:///{tmp_path}/messages.db", **kw)
+
+
+def alice_to_bob(message_id: str, **content: Any) -> Message:
+    """A TASK from alice to bob with ``content``."""
+    return task("bob", sender="alice", message_id=message_id, content=content)
 
 
 async def next_item(queue: asyncio.Queue[Message], timeout: float = 10.0) -> Message:
@@ -289,10 +297,9 @@ async def test_spec_8_2_verify_sender(tmp_path: Path) -> None:
     async with MessageBus(config) as message_bus:
         await message_bus.register_agent_keys("orchestrator")
         await message_bus.publish(
-            Message(
-                message_type=MessageType.TASK,
-                sender_id="orchestrator",
-                recipient_id="cfo_agent",
+            task(
+                "cfo_agent",
+                sender="orchestrator",
                 content={"task": "close_books"},
                 metadata={"correlation_id": "task_123"},
             )
@@ -335,59 +342,27 @@ async def test_require_signatures_dead_letters_unsigned_forged_and_tampered(
         broker = consumer.broker
 
         # 1. valid: published by the bus that hosts alice and signs
-        await consumer.publish(
-            Message(
-                message_id="good",
-                message_type=MessageType.TASK,
-                sender_id="alice",
-                recipient_id="bob",
-            )
-        )
+        await consumer.publish(alice_to_bob("good"))
         # 2. unsigned: published by a bus that does not sign
-        await publisher.publish(
-            Message(
-                message_id="unsigned",
-                message_type=MessageType.TASK,
-                sender_id="alice",
-                recipient_id="bob",
-            )
-        )
+        await publisher.publish(alice_to_bob("unsigned"))
         # 3. forged: signed with a key that is not alice's
-        forged = Message(
-            message_id="forged",
-            message_type=MessageType.TASK,
-            sender_id="alice",
-            recipient_id="bob",
-        )
+        forged = alice_to_bob("forged")
         sign_message(forged, Ed25519PrivateKey.generate())
         await publisher.publish(forged)
         # 4. forged with alice's key id but another key
-        lying = Message(
-            message_id="lying", message_type=MessageType.TASK, sender_id="alice", recipient_id="bob"
-        )
+        lying = alice_to_bob("lying")
         sign_message(
             lying, Ed25519PrivateKey.generate(), next(iter(consumer.security.public_keys("alice")))
         )
         await publisher.publish(lying)
         # 5. tampered in the engine: a valid envelope whose content was edited
-        original = Message(
-            message_id="tampered",
-            message_type=MessageType.TASK,
-            sender_id="alice",
-            recipient_id="bob",
-            content={"amount": 10},
-        )
+        original = alice_to_bob("tampered", amount=10)
         await consumer.security.sign(original)
         event = json.loads(encode(original))
         event["data"]["amount"] = 10_000
         await broker.send([Envelope("bob", "tampered", 2, json.dumps(event).encode())])
         # 6. signed by alice but claiming to be from carol
-        impostor = Message(
-            message_id="impostor",
-            message_type=MessageType.TASK,
-            sender_id="alice",
-            recipient_id="bob",
-        )
+        impostor = alice_to_bob("impostor")
         await consumer.security.sign(impostor)
         event = json.loads(encode(impostor))
         event["source"] = "carol"
@@ -462,13 +437,28 @@ async def test_signed_messages_verify_across_processes(tmp_path: Path) -> None:
         await a.stop()
 
 
-async def test_new_agent_of_another_process_is_learned_by_refresh(tmp_path: Path) -> None:
+@asynccontextmanager
+async def two_processes(
+    tmp_path: Path, *, refresh_interval: float | None, **kw: Any
+) -> AsyncIterator[tuple[BusSecurity, BusSecurity]]:
+    """The security layers of two processes on one SQLite store, started in order: the
+    first refreshes every ``refresh_interval`` seconds (None: never), the second never.
+    Closed in reverse order, then the store."""
     store = StorageManager(f"sqlite:///{tmp_path}/store.db")
-    sec_b = BusSecurity(mem_config(tmp_path), store, key_dir=None, refresh_interval=0.02)
-    sec_a = BusSecurity(mem_config(tmp_path), store, key_dir=None, refresh_interval=None)
-    await sec_b.start()
-    await sec_a.start()
+    first = BusSecurity(mem_config(tmp_path), store, refresh_interval=refresh_interval, **kw)
+    second = BusSecurity(mem_config(tmp_path), store, refresh_interval=None, **kw)
+    await first.start()
+    await second.start()
     try:
+        yield first, second
+    finally:
+        await second.close()
+        await first.close()
+        await store.close()
+
+
+async def test_new_agent_of_another_process_is_learned_by_refresh(tmp_path: Path) -> None:
+    async with two_processes(tmp_path, refresh_interval=0.02, key_dir=None) as (sec_b, sec_a):
         await sec_a.register_agent_keys("late")
         msg = Message(message_type=MessageType.EVENT, sender_id="late")
         await sec_a.sign(msg)
@@ -479,29 +469,16 @@ async def test_new_agent_of_another_process_is_learned_by_refresh(tmp_path: Path
 
         await eventually(learned)  # by the refresh loop / the reload on an unknown key id
         assert await sec_b.verify_async(msg)
-    finally:
-        await sec_a.close()
-        await sec_b.close()
-        await store.close()
 
 
 async def test_verify_async_fetches_an_unknown_sender(tmp_path: Path) -> None:
-    store = StorageManager(f"sqlite:///{tmp_path}/store.db")
-    sec_b = BusSecurity(mem_config(tmp_path), store, key_dir=None, refresh_interval=None)
-    sec_a = BusSecurity(mem_config(tmp_path), store, key_dir=None, refresh_interval=None)
-    await sec_b.start()
-    await sec_a.start()
-    try:
+    async with two_processes(tmp_path, refresh_interval=None, key_dir=None) as (sec_b, sec_a):
         await sec_a.register_agent_keys("late")
         msg = Message(message_type=MessageType.EVENT, sender_id="late")
         await sec_a.sign(msg)
         assert await sec_b.verify_async(msg)
         msg.content["x"] = 1
         assert not await sec_b.verify_async(msg)
-    finally:
-        await sec_a.close()
-        await sec_b.close()
-        await store.close()
 
 
 async def test_private_key_file_persists_and_is_private(tmp_path: Path) -> None:
@@ -646,21 +623,7 @@ _MESSAGES = st.builds(
     reply_to=st.none() | _TEXT,
     ttl=st.none() | st.integers(1, 10**6),
 )
-_FIELDS = [
-    "message_id",
-    "message_type",
-    "sender_id",
-    "recipient_id",
-    "content",
-    "timestamp",
-    "priority",
-    "metadata",
-    "correlation_id",
-    "reply_to",
-    "ttl",
-    "signature",
-    "signer_key",
-]
+_FIELDS = [f.name for f in dataclasses.fields(Message)] + ["signature", "signer_key"]
 _SIGNER = Ed25519PrivateKey.generate()
 _SIGNER_ID = signing_key_id(_SIGNER.public_key())
 _OTHER = Ed25519PrivateKey.generate()
@@ -912,12 +875,7 @@ async def test_permissions_persist_across_restart(tmp_path: Path) -> None:
 
 
 async def test_permissions_set_in_one_process_reach_another(tmp_path: Path) -> None:
-    store = StorageManager(f"sqlite:///{tmp_path}/store.db")
-    a = BusSecurity(mem_config(tmp_path), store, refresh_interval=0.02)
-    b = BusSecurity(mem_config(tmp_path), store, refresh_interval=None)
-    await a.start()
-    await b.start()
-    try:
+    async with two_processes(tmp_path, refresh_interval=0.02) as (a, b):
         a.authorize_publish("x", MessageType.QUERY)
         await b.set_permissions("x", can_publish=["task"], can_subscribe=None)
 
@@ -930,10 +888,6 @@ async def test_permissions_set_in_one_process_reach_another(tmp_path: Path) -> N
 
         await eventually(applied)
         a.authorize_subscribe("x", MessageType.QUERY)  # None = every type
-    finally:
-        await b.close()
-        await a.close()
-        await store.close()
 
 
 async def test_default_permission_deny(tmp_path: Path) -> None:
@@ -999,22 +953,12 @@ def test_the_security_module_still_names_what_it_always_did() -> None:
     """``codec.security`` re-exports the names of the modules it was split into."""
     from AgentOperatingSystem.messaging.codec import acl, keyring, signing
 
-    assert security_module.NS_ACL is acl.NS_ACL
-    assert security_module.NS_PUBLIC_KEYS is keyring.NS_PUBLIC_KEYS
-    assert security_module.NS_CONTENT_KEYS is keyring.NS_CONTENT_KEYS
+    home = {"NS_ACL": acl, "NS_PUBLIC_KEYS": keyring, "NS_CONTENT_KEYS": keyring}
     for name in ("SIGNATURE_KEY", "SIGNER_KEY", "canonical_bytes", "sign_message"):
-        assert getattr(security_module, name) is getattr(signing, name), name
+        home[name] = signing
+    for name, module in home.items():
+        assert getattr(security_module, name) is getattr(module, name), name
     assert security_module.signing_key_id is signing_key_id
     assert security_module.verify_message is verify_message
-    assert set(security_module.__all__) == {
-        "NS_ACL",
-        "NS_CONTENT_KEYS",
-        "NS_PUBLIC_KEYS",
-        "SIGNATURE_KEY",
-        "SIGNER_KEY",
-        "BusSecurity",
-        "canonical_bytes",
-        "sign_message",
-        "signing_key_id",
-        "verify_message",
-    }
+    reexported = {*home, "signing_key_id", "verify_message"}
+    assert set(security_module.__all__) == {"BusSecurity", *reexported}

@@ -17,6 +17,7 @@ from AgentOperatingSystem.messaging.brokers.memory import MemoryBroker
 from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.clock import ManualClock
 from AgentOperatingSystem.messaging.types import Message, MessageType
+from tests.support.messages import task
 from tests.support.waiting import eventually
 
 START = 1_700_000_000.0
@@ -34,12 +35,6 @@ async def bus(clock: ManualClock) -> AsyncIterator[MessageBus]:
         yield b
 
 
-def task(recipient: str = "worker", **content: object) -> Message:
-    return Message(
-        message_type=MessageType.TASK, sender_id="boss", recipient_id=recipient, content=content
-    )
-
-
 # ---------------------------------------------------------------------- unsubscribe
 
 
@@ -50,13 +45,13 @@ async def test_unsubscribe_stops_delivery_and_later_messages_stay_queued(bus: Me
         seen.append(msg.content["i"])
 
     sub = await bus.subscribe("worker", [MessageType.TASK], handler)
-    await bus.publish(task(i=1))
+    await bus.publish(task(content={"i": 1}))
     await eventually(lambda: seen == [1], what="the first task handled")
     await bus.unsubscribe("worker")
     assert sub.task is not None and sub.task.done()
     assert "worker" not in bus.subscriptions
 
-    await bus.publish(task(i=2))
+    await bus.publish(task(content={"i": 2}))
     assert await bus.queue_depth("worker") == 1
     # no consumer took it: it is still there for whoever reads the queue next
     (kept,) = await bus.get_messages("worker")
@@ -102,7 +97,7 @@ async def test_a_new_subscription_after_unsubscribe_takes_what_was_queued(
 
     await bus.subscribe("worker", [MessageType.TASK], one)
     await bus.unsubscribe("worker")
-    await bus.publish(task(i=7))
+    await bus.publish(task(content={"i": 7}))
     await bus.subscribe("worker", [MessageType.TASK], two)
     await eventually(lambda: second == [7], what="the new subscription's handler")
     assert first == []
@@ -134,7 +129,7 @@ async def test_reply_answers_a_pulled_request(bus: MessageBus) -> None:
 
 
 async def test_reply_to_a_message_that_asks_for_none_sends_nothing(bus: MessageBus) -> None:
-    await bus.publish(task(recipient="cfo", q=1))
+    await bus.publish(task("cfo", content={"q": 1}))
     (msg,) = await bus.get_messages("cfo")
     assert msg.reply_to is None
     assert await bus.reply(msg, {"a": 1}) is None
@@ -175,7 +170,7 @@ async def test_reply_from_another_bus_comes_through_the_reply_queue(clock: Manua
 
 async def test_deliver_at_holds_a_message_until_then(bus: MessageBus, clock: ManualClock) -> None:
     at = datetime.fromtimestamp(START + 60, tz=UTC)
-    result = await bus.publish(task(i=1), deliver_at=at)
+    result = await bus.publish(task(content={"i": 1}), deliver_at=at)
     assert result.recipients == ("worker",)
     assert await bus.queue_depth("worker") == 1
     assert await bus.get_messages("worker") == []
@@ -196,7 +191,7 @@ async def test_deliver_at_reaches_a_subscription_when_due(
 
     await bus.subscribe("worker", [MessageType.TASK], handler)
     at = datetime.fromtimestamp(START + 30, tz=UTC)
-    await bus.publish(task(i=1), deliver_at=at)
+    await bus.publish(task(content={"i": 1}), deliver_at=at)
     clock.advance(29)
     assert await bus.get_messages("worker") == []  # not yet available to anyone
     clock.advance(1)

@@ -660,12 +660,16 @@ async def _run_consumer(
         await storage.close()
 
 
-@settings(
-    max_examples=20,
+# The consumer tests' settings (each example is a whole bus run over hundreds of envelopes):
+# no deadline, no shrink phase, no too_slow/data_too_large health checks.
+CONSUMER_RUNS = settings(
     deadline=None,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+
+
+@settings(CONSUMER_RUNS, max_examples=20)
 @given(recipes=st.lists(RECIPES, min_size=500, max_size=500))
 def test_running_consumer_survives_hostile_envelopes(recipes: list[tuple[int, int]]) -> None:
     """10,000 random and mutated envelopes injected through the broker seam into a memory
@@ -677,12 +681,7 @@ def test_running_consumer_survives_hostile_envelopes(recipes: list[tuple[int, in
         asyncio.run(_run_consumer(bodies, "memory://", tmp, pull=False))
 
 
-@settings(
-    max_examples=2,
-    deadline=None,
-    phases=[Phase.explicit, Phase.reuse, Phase.generate],
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@settings(CONSUMER_RUNS, max_examples=2)
 @given(recipes=st.lists(RECIPES, min_size=400, max_size=400))
 def test_sqlite_consumer_and_pull_side_survive(recipes: list[tuple[int, int]]) -> None:
     """The same on the SQLite engine, through a subscription and through get_messages."""

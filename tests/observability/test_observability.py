@@ -8,6 +8,7 @@ import json
 import re
 import sys
 import textwrap
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,43 @@ def tracer() -> tuple[TracerProvider, InMemorySpanExporter]:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return provider, exporter
+
+
+def handler_until(
+    n: int, *, fail_once_on: int | None = None
+) -> tuple[Callable[[Message], Awaitable[None]], asyncio.Event]:
+    """A handler and the event it sets at its ``n``-th call; with ``fail_once_on``, the first
+    call for the message whose ``content["i"]`` is that number raises."""
+    done = asyncio.Event()
+    calls = 0
+    failed = False
+
+    async def handler(m: Message) -> None:
+        nonlocal calls, failed
+        calls += 1
+        if not failed and fail_once_on is not None and m.content.get("i") == fail_once_on:
+            failed = True
+            raise RuntimeError("one failure")
+        if calls == n:
+            done.set()
+
+    return handler, done
+
+
+async def samples_once_acked(tel: BusTelemetry, agent: str, n: int) -> dict[str, float]:
+    """The bus's Prometheus samples once ``n`` of ``agent``'s tasks are acked."""
+
+    async def acked() -> bool:
+        return tel.series_value(agent, "task", "acked") == n
+
+    await eventually(acked, 5.0)
+    return parse_prometheus(tel.render())
+
+
+def message_totals(samples: dict[str, float], agent: str, *counters: str) -> list[float]:
+    """The ``message_bus_messages_<counter>_total`` samples of ``agent``'s tasks."""
+    labels = f'agent="{agent}",message_type="task"'
+    return [samples[f"message_bus_messages_{c}_total{{{labels}}}"] for c in counters]
 
 
 # ---------------------------------------------------------------------------- registry
@@ -129,27 +167,14 @@ async def test_counters_and_latency_follow_the_messages() -> None:
             )
         assert tel.series_value("worker", "task", "published") == 3
         clock.advance(2.5)  # they wait 2.5 s in the queue
-        seen: list[int] = []
-        done = asyncio.Event()
-
-        async def handler(m: Message) -> None:
-            seen.append(m.content["i"])
-            if len(seen) == 3:
-                done.set()
-
+        handler, done = handler_until(3)
         await bus.subscribe("worker", [MessageType.TASK], handler)
         await asyncio.wait_for(done.wait(), 5)
-
-        async def acked() -> bool:
-            return tel.series_value("worker", "task", "acked") == 3
-
-        await eventually(acked, 5.0)
+        samples = await samples_once_acked(tel, "worker", 3)
         assert tel.series_value("worker", "task", "delivered") == 3
-        samples = parse_prometheus(tel.render())
+        totals = message_totals(samples, "worker", "published", "delivered", "acked")
+        assert totals == [3, 3, 3]
         labels = 'agent="worker",message_type="task"'
-        assert samples[f"message_bus_messages_published_total{{{labels}}}"] == 3
-        assert samples[f"message_bus_messages_delivered_total{{{labels}}}"] == 3
-        assert samples[f"message_bus_messages_acked_total{{{labels}}}"] == 3
         # Latency measured on the bus clock: exactly 2.5 s, in the le="2.5" bucket.
         assert samples[f'message_bus_delivery_latency_seconds_bucket{{{labels},le="1"}}'] == 0
         assert samples[f'message_bus_delivery_latency_seconds_bucket{{{labels},le="2.5"}}'] == 3
@@ -179,30 +204,14 @@ async def test_metrics_only_counts_exactly_and_samples_timings() -> None:
                     content={"i": i},
                 )
             )
-        done = asyncio.Event()
-        seen: list[int] = []
-
-        async def handler(m: Message) -> None:
-            seen.append(m.content["i"])
-            if m.content["i"] == 5 and seen.count(5) == 1:
-                raise RuntimeError("one failure")
-            if len(seen) == 33:
-                done.set()
-
+        handler, done = handler_until(33, fail_once_on=5)
         await bus.subscribe("worker", [MessageType.TASK], handler)
         await asyncio.wait_for(done.wait(), 5)
-
-        async def acked() -> bool:
-            return tel.series_value("worker", "task", "acked") == 32
-
-        await eventually(acked, 5.0)
-        samples = parse_prometheus(tel.render())
+        samples = await samples_once_acked(tel, "worker", 32)
+        totals = message_totals(samples, "worker", "published", "delivered", "acked", "nacked")
+        assert totals == [32, 33, 32, 1]
         labels = 'agent="worker",message_type="task"'
-        assert samples[f"message_bus_messages_published_total{{{labels}}}"] == 32
-        assert samples[f"message_bus_messages_delivered_total{{{labels}}}"] == 33
-        assert samples[f"message_bus_messages_acked_total{{{labels}}}"] == 32
         assert samples[f"message_bus_handler_errors_total{{{labels}}}"] == 1
-        assert samples[f"message_bus_messages_nacked_total{{{labels}}}"] == 1
         timed = samples[f"message_bus_handler_duration_seconds_count{{{labels}}}"]
         assert timed == samples[f"message_bus_delivery_latency_seconds_count{{{labels}}}"]
         assert 3 <= timed <= 5  # one in eight of 33 handler calls (32 that succeeded are timed)
@@ -629,14 +638,7 @@ async def test_batched_counts_stay_exact_per_type_in_a_mixed_batch() -> None:
                  MessageType.COMMAND, MessageType.COMMAND, MessageType.TASK]
         for kind in kinds:
             await bus.publish(Message(message_type=kind, sender_id="t", recipient_id="mixed"))
-        done = asyncio.Event()
-        seen: list[MessageType] = []
-
-        async def handler(m: Message) -> None:
-            seen.append(m.message_type)
-            if len(seen) == len(kinds):
-                done.set()
-
+        handler, done = handler_until(len(kinds))
         await bus.subscribe("mixed", [MessageType.TASK, MessageType.COMMAND], handler)
         await asyncio.wait_for(done.wait(), 5)
 

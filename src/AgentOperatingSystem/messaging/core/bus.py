@@ -25,20 +25,19 @@ dead letters (:mod:`.deadletters`). They share one :class:`~.state.Core`.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Unpack
+from typing import TYPE_CHECKING, Any, Iterable, Unpack
 
 from ...config.messagebus import MessageBusConfig
 from ..brokers import open_broker
 from ..brokers.base import Broker
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BrokerClosedError, ConfigurationError, InvalidMessageError
-from ..policy import RetryPolicy
-from ..types import DeliveryMode, Message, MessagePriority, MessageType
+from ..types import Message, MessagePriority, MessageType
 from .admit import Admission
 from .consume import Consumer, Handle, LockRenewal
 from .deadletters import DeadLetters
 from .hooks import SecurityHooks, TelemetryHooks
-from .publish import Publisher, PublishOptions, PublishResult
+from .publish import BatchOptions, Publisher, PublishOptions, PublishResult
 from .pull import Pull
 from .requests import Requests
 from .state import Core
@@ -257,29 +256,15 @@ class MessageBus:
         return await publisher.publish(message, options)
 
     async def publish_batch(
-        self,
-        messages: Iterable[Message],
-        *,
-        delivery_mode: str | DeliveryMode = DeliveryMode.AT_LEAST_ONCE,
-        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
-        compress: bool = False,
-        compression_algorithm: str = "gzip",
-        encrypt: bool = False,
-        encryption_key: bytes | None = None,
-        delay: float | None = None,
+        self, messages: Iterable[Message], **options: Unpack[BatchOptions]
     ) -> list[PublishResult]:
         """Publish several messages in one engine call (one transaction where the engine has
-        them): all are enqueued, or none (``QueueFullError``)."""
-        return await self._publisher.publish_batch(
-            messages,
-            delivery_mode=delivery_mode,
-            retry_policy=retry_policy,
-            compress=compress,
-            compression_algorithm=compression_algorithm,
-            encrypt=encrypt,
-            encryption_key=encryption_key,
-            delay=delay,
-        )
+        them): all are enqueued, or none (``QueueFullError``).
+
+        Keyword options, for every message of the batch: ``delivery_mode``,
+        ``retry_policy``, ``compress``, ``compression_algorithm``, ``encrypt``,
+        ``encryption_key``, ``delay`` (:meth:`.publish.Publisher.publish_batch`)."""
+        return await self._publisher.publish_batch(messages, **options)
 
     async def send_command(
         self,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Awaitable, Callable, Iterable
 
 from ..brokers.base import Delivery
@@ -43,6 +44,7 @@ Handle = Callable[[Delivery, Message, Samples | None], Awaitable[bool]]
 """What a consumer does with an admitted message: True to have it acked."""
 
 
+@dataclass(eq=False, repr=False)
 class Consumer:
     """Reads one queue with the one loop (see the module docstring).
 
@@ -51,34 +53,24 @@ class Consumer:
     hand.
     """
 
-    def __init__(
-        self,
-        core: Core,
-        admission: Admission,
-        queue: str,
-        handle: Handle,
-        *,
-        batch: int = 64,
-        concurrency: int = 1,
-        report: bool = False,
-    ) -> None:
-        self._core = core
-        self._admission = admission
-        self.queue = queue
-        self._handle = handle
-        self.batch = batch
-        self.concurrency = concurrency
-        #: True: acks are reported to telemetry (subscriptions).
-        self.report = report
-        self.task: asyncio.Task[None] | None = None
-        #: True while a receive or a batch is under way (a stop then waits for it).
-        self.busy = False
-        self.open = True
-        #: Deliveries received and not yet settled, by message id (their locks renewed).
-        self.held: dict[str, Delivery] = {}
-        #: Handler tasks when ``concurrency`` > 1.
-        self.running: set[asyncio.Task[None]] = set()
-        self.drained = False
+    _core: Core
+    _admission: Admission
+    queue: str
+    _handle: Handle
+    _: KW_ONLY
+    batch: int = 64
+    concurrency: int = 1
+    #: True: acks are reported to telemetry (subscriptions).
+    report: bool = False
+    task: asyncio.Task[None] | None = field(default=None, init=False)
+    #: True while a receive or a batch is under way (a stop then waits for it).
+    busy: bool = field(default=False, init=False)
+    open: bool = field(default=True, init=False)
+    #: Deliveries received and not yet settled, by message id (their locks renewed).
+    held: dict[str, Delivery] = field(default_factory=dict, init=False)
+    #: Handler tasks when ``concurrency`` > 1.
+    running: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    drained: bool = field(default=False, init=False)
 
     def start(self, name: str) -> asyncio.Task[None]:
         """Run the loop in a task (again, when the last one ended)."""

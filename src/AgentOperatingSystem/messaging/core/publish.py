@@ -39,7 +39,7 @@ from ..types import (
 from .context import current
 from .state import Core
 
-__all__ = ["PublishOptions", "PublishResult", "Publisher"]
+__all__ = ["BatchOptions", "PublishOptions", "PublishResult", "Publisher"]
 
 
 class PublishResult(NamedTuple):
@@ -50,9 +50,23 @@ class PublishResult(NamedTuple):
     duplicate: bool = False
 
 
-class PublishOptions(TypedDict, total=False):
+class BatchOptions(TypedDict, total=False):
+    """Keyword arguments of :meth:`MessageBus.publish_batch`: the delivery options that apply
+    to every message of the batch (the defaults are :meth:`Publisher.publish_batch`'s)."""
+
+    delivery_mode: str | DeliveryMode
+    retry_policy: RetryPolicy | Mapping[str, Any] | None
+    compress: bool
+    compression_algorithm: str
+    encrypt: bool
+    encryption_key: bytes | None
+    delay: float | None
+
+
+class PublishOptions(BatchOptions, total=False):
     """Keyword arguments of :meth:`MessageBus.publish`: message fields (when no Message is
-    passed) and delivery options."""
+    passed) and delivery options (those of :class:`BatchOptions`, an idempotency key and
+    ``deliver_at``)."""
 
     message_type: MessageType | str
     content: dict[str, Any]
@@ -65,14 +79,7 @@ class PublishOptions(TypedDict, total=False):
     ttl: int
     message_id: str
     message: Message
-    delivery_mode: str | DeliveryMode
     idempotency_key: str
-    retry_policy: RetryPolicy | Mapping[str, Any]
-    compress: bool
-    compression_algorithm: str
-    encrypt: bool
-    encryption_key: bytes
-    delay: float
     deliver_at: Any
 
 
@@ -123,13 +130,13 @@ class Publisher:
         self,
         messages: Iterable[Message],
         *,
-        delivery_mode: str | DeliveryMode,
-        retry_policy: RetryPolicy | Mapping[str, Any] | None,
-        compress: bool,
-        compression_algorithm: str,
-        encrypt: bool,
-        encryption_key: bytes | None,
-        delay: float | None,
+        delivery_mode: str | DeliveryMode = DeliveryMode.AT_LEAST_ONCE,
+        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+        compress: bool = False,
+        compression_algorithm: str = "gzip",
+        encrypt: bool = False,
+        encryption_key: bytes | None = None,
+        delay: float | None = None,
     ) -> list[PublishResult]:
         """:meth:`MessageBus.publish_batch`: one engine call for all the messages."""
         self._core.check()

@@ -8,18 +8,21 @@ once, in :meth:`Core.attach`, when the bus starts.
 
 from __future__ import annotations
 
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Awaitable, Callable
 
 from ...config.messagebus import MessageBusConfig
 from ..brokers.base import Broker, DirectDelivery, LocalPut
 from ..clock import Clock
 from ..errors import BrokerClosedError
+from ..policy import RetryPolicy
 from ..types import Message, new_message_id
 from .hooks import SecurityHooks, TelemetryHooks
 
 __all__ = ["Core"]
 
 
+@dataclass(slots=True, eq=False, repr=False)
 class Core:
     """The state every part of one bus reads.
 
@@ -27,60 +30,35 @@ class Core:
     telemetry); every part reads them here, so a change applies from the next message.
     """
 
-    __slots__ = (
-        "broker",
-        "clock",
-        "config",
-        "direct",
-        "hand_off",
-        "instance_id",
-        "local_put",
-        "reply_queue",
-        "retry",
-        "router",
-        "running",
-        "sample_tick",
-        "security",
-        "started",
-        "stopping",
-        "storage",
-        "telemetry",
-    )
+    config: MessageBusConfig
+    clock: Clock
+    _: KW_ONLY
+    broker: Broker | None
+    router: Any
+    security: SecurityHooks | None
+    telemetry: TelemetryHooks | None
+    storage: Any
+    retry: RetryPolicy = field(init=False)
+    started: bool = field(default=False, init=False)
+    stopping: bool = field(default=False, init=False)
+    #: True while publishes may take the plain path (started and not stopping).
+    running: bool = field(default=False, init=False)
+    #: The engine's ``put_local`` when it keeps messages in this process (LocalPut).
+    local_put: Callable[[str, Message, int | None], None] | None = field(default=None, init=False)
+    #: The engine when it can hand envelopes to live listeners (DirectDelivery).
+    direct: DirectDelivery | None = field(default=None, init=False)
+    #: ``direct.hand_off`` when requests may be handed off (``config.direct_requests``).
+    hand_off: Callable[..., Awaitable[bool]] | None = field(default=None, init=False)
+    instance_id: str = field(init=False)
+    reply_queue: str = field(init=False)
+    #: Handler calls since the last timed one (metrics sample one in
+    #: ``config.metrics_sample_every`` on the batched telemetry path).
+    sample_tick: int = field(default=0, init=False)
 
-    def __init__(
-        self,
-        config: MessageBusConfig,
-        clock: Clock,
-        *,
-        broker: Broker | None,
-        router: Any,
-        security: SecurityHooks | None,
-        telemetry: TelemetryHooks | None,
-        storage: Any,
-    ) -> None:
-        self.config = config
-        self.clock = clock
-        self.broker = broker
-        self.router = router
-        self.security = security
-        self.telemetry = telemetry
-        self.storage = storage
-        self.retry = config.retry_policy
-        self.started = False
-        self.stopping = False
-        #: True while publishes may take the plain path (started and not stopping).
-        self.running = False
-        #: The engine's ``put_local`` when it keeps messages in this process (LocalPut).
-        self.local_put: Callable[[str, Message, int | None], None] | None = None
-        #: The engine when it can hand envelopes to live listeners (DirectDelivery).
-        self.direct: DirectDelivery | None = None
-        #: ``direct.hand_off`` when requests may be handed off (``config.direct_requests``).
-        self.hand_off: Callable[..., Awaitable[bool]] | None = None
+    def __post_init__(self) -> None:
+        self.retry = self.config.retry_policy
         self.instance_id = new_message_id()[:16]
         self.reply_queue = f"_reply.{self.instance_id}"
-        #: Handler calls since the last timed one (metrics sample one in
-        #: ``config.metrics_sample_every`` on the batched telemetry path).
-        self.sample_tick = 0
 
     def attach(self, broker: Broker) -> None:
         """Use ``broker`` and note its optional capabilities (checked here, once)."""

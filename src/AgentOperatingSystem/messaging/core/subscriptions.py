@@ -69,16 +69,14 @@ class Subscription:
         return self.consumer.running if self.consumer is not None else set()
 
 
+@dataclass(slots=True, eq=False, repr=False)
 class Dispatch:
     """A subscription's ``handle`` for its consumer (see the module docstring)."""
 
-    def __init__(
-        self, core: Core, admission: Admission, respond: Respond, sub: Subscription
-    ) -> None:
-        self._core = core
-        self._admission = admission
-        self._respond = respond
-        self._sub = sub
+    _core: Core
+    _admission: Admission
+    _respond: Respond
+    _sub: Subscription
 
     async def handle(self, d: Delivery, msg: Message, samples: Samples | None) -> bool:
         """Call the handler for ``msg`` in the delivery context, observed, and answer a
@@ -195,17 +193,15 @@ class Dispatch:
             telemetry.on_settle(queue, msg.message_type.value, "acked")
 
 
+@dataclass(eq=False, repr=False)
 class Subscriptions:
     """The bus's subscriptions, one per agent."""
 
-    def __init__(
-        self, core: Core, admission: Admission, publisher: Publisher, respond: Respond
-    ) -> None:
-        self._core = core
-        self._admission = admission
-        self._publisher = publisher
-        self._respond = respond
-        self.subs: dict[str, Subscription] = {}
+    _core: Core
+    _admission: Admission
+    _publisher: Publisher
+    _respond: Respond
+    subs: dict[str, Subscription] = field(default_factory=dict, init=False)
 
     def consumers(self) -> Iterable[Consumer]:
         """The consumers of the running subscriptions."""

@@ -24,6 +24,7 @@ import math
 import time
 from bisect import bisect_left
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from time import monotonic, perf_counter
 from typing import Any, Callable, Iterable
 
@@ -381,13 +382,9 @@ class _PublishScope:
         self._span: trace.Span | None = None
 
     def __enter__(self) -> _PublishScope:
-        tel = self._tel
-        if tel._live:
-            self._start(tel._tracer)  # type: ignore[arg-type]
-        elif monotonic() >= tel._next_check:
-            tracer = tel._active_tracer()
-            if tracer is not None:
-                self._start(tracer)
+        tracer = self._tel._active_tracer()
+        if tracer is not None:
+            self._start(tracer)
         return self
 
     def _start(self, tracer: trace.Tracer) -> None:
@@ -421,42 +418,25 @@ class _PublishScope:
             )
 
 
+@dataclass(slots=True, eq=False, repr=False)
 class _HandleScope:
     """The context :meth:`BusTelemetry.on_handle` returns."""
 
-    __slots__ = (
-        "_agent",
-        "_attempt",
-        "_enqueued",
-        "_message",
-        "_series",
-        "_span",
-        "_t0",
-        "_tel",
-        "_token",
-    )
-
-    def __init__(
-        self, tel: BusTelemetry, agent: str, message: Message, attempt: int, enqueued_at: float
-    ) -> None:
-        self._tel = tel
-        self._agent = agent
-        self._message = message
-        self._attempt = attempt
-        self._enqueued = enqueued_at
-        self._span: trace.Span | None = None
-        self._token: object | None = None
-        self._series: Series | None = None
-        self._t0 = 0.0
+    _tel: BusTelemetry
+    _agent: str
+    _message: Message
+    _attempt: int
+    _enqueued: float
+    _span: trace.Span | None = field(default=None, init=False)
+    _token: object | None = field(default=None, init=False)
+    _series: Series | None = field(default=None, init=False)
+    _t0: float = field(default=0.0, init=False)
 
     def __enter__(self) -> _HandleScope:
         tel = self._tel
-        if tel._live:
-            self._start(tel._tracer)  # type: ignore[arg-type]
-        elif monotonic() >= tel._next_check:
-            tracer = tel._active_tracer()
-            if tracer is not None:
-                self._start(tracer)
+        tracer = tel._active_tracer()
+        if tracer is not None:
+            self._start(tracer)
         if tel.metrics_enabled:
             mt = self._message.message_type._value_
             series = tel._series.get((self._agent, mt)) or tel._new_series(self._agent, mt)
