@@ -9,7 +9,6 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.config.network import (
     NetworkConfig,
     NetworkSettings,
@@ -25,7 +23,6 @@ from AgentOperatingSystem.config.network import (
     RetryConfig,
     _Flat,
 )
-from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.clock import ManualClock
 from AgentOperatingSystem.messaging.codec.envelope import encode
 from AgentOperatingSystem.messaging.errors import (
@@ -51,33 +48,8 @@ from AgentOperatingSystem.messaging.network.wire import normalize_address
 from AgentOperatingSystem.messaging.types import Message, MessagePriority, MessageType
 from AgentOperatingSystem.reliability.circuit_breaker import CircuitState
 from AgentOperatingSystem.storage.manager import StorageManager
-
-SECRET = "network-test-secret-0123456789"
-
-
-def cfg(**changes: Any) -> NetworkConfig:
-    base: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "auth_secret": SECRET,
-        "max_retries": 1,
-        "retry_initial_delay": 0.0,
-        "retry_jitter": 0.0,
-        "outbox_poll_interval": 0.05,
-        "registry_cache_seconds": 0.0,
-    }
-    base.update(changes)
-    return NetworkConfig(**base)
-
-
-def memory_bus(**changes: Any) -> MessageBus:
-    return MessageBus(MessageBusConfig(broker_url="memory://", **changes))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.network.nodes import SECRET, Pair, cfg, inbox, memory_bus, next_message
+from tests.support.ports import free_port
 
 
 class RecordingClock(ManualClock):
@@ -92,29 +64,6 @@ class RecordingClock(ManualClock):
         self.sleeps.append(seconds)
         self.sleeping.set()
         await super().sleep(seconds)
-
-
-async def inbox(bus: MessageBus, agent_id: str) -> asyncio.Queue[Message]:
-    q: asyncio.Queue[Message] = asyncio.Queue()
-
-    async def handler(msg: Message) -> dict[str, Any]:
-        await q.put(msg)
-        return {"ok": True}
-
-    await bus.subscribe(agent_id, None, handler)
-    return q
-
-
-async def next_message(q: asyncio.Queue[Message], timeout: float = 5.0) -> Message:
-    return await asyncio.wait_for(q.get(), timeout)
-
-
-@dataclass
-class Pair:
-    a: NetworkProtocol
-    b: NetworkProtocol
-    bus_a: MessageBus
-    bus_b: MessageBus
 
 
 @pytest.fixture
@@ -211,10 +160,19 @@ def test_config_groups_take_and_read_every_flat_setting() -> None:
         c.replace(max_connections=0)
 
 
-def test_normalize_address() -> None:
-    assert normalize_address("HTTP://Ceo-Service:80/") == "http://ceo-service"
-    assert normalize_address("https://h:443/base/") == "https://h/base"
-    assert normalize_address("http://h:8080") == "http://h:8080"
+@pytest.mark.parametrize(
+    ("address", "normal"),
+    [
+        ("HTTP://Ceo-Service:80/", "http://ceo-service"),
+        ("https://h:443/base/", "https://h/base"),
+        ("http://h:8080", "http://h:8080"),
+    ],
+)
+def test_normalize_address(address: str, normal: str) -> None:
+    assert normalize_address(address) == normal
+
+
+def test_an_address_without_a_scheme_is_refused() -> None:
     with pytest.raises(ConfigurationError):
         normalize_address("ceo-service:8080")
 
@@ -609,15 +567,21 @@ async def test_circuit_opens_fails_fast_and_failed_sends_are_dead_lettered() -> 
             await a.stop()
 
 
+async def fail_three_sends(a: NetworkProtocol, port: int, **options: Any) -> None:
+    """Register ``remote_agent`` at 127.0.0.1:``port``, where no node listens, and send it
+    three messages (``{"i": 0..2}`` from ``s``): each fails, unreachable."""
+    await a.register_agent("remote_agent", f"http://127.0.0.1:{port}")
+    for i in range(3):
+        with pytest.raises(AgentUnreachableError):
+            await a.send_message("s", "remote_agent", {"i": i}, **options)
+
+
 async def test_bus_resubmit_is_delivered_by_the_outbox_pump() -> None:
     port = free_port()
     async with memory_bus() as bus_a, memory_bus() as bus_b:
         a = NetworkProtocol(cfg(max_retries=0, circuit_failure_threshold=100), bus_a)
         async with a:
-            await a.register_agent("remote_agent", f"http://127.0.0.1:{port}")
-            for i in range(3):
-                with pytest.raises(AgentUnreachableError):
-                    await a.send_message("s", "remote_agent", {"i": i}, priority="HIGH")
+            await fail_three_sends(a, port, priority="HIGH")
             b = NetworkProtocol(cfg(port=port), bus_b)
             async with b:
                 q = await inbox(bus_b, "remote_agent")
@@ -689,10 +653,7 @@ async def test_resubmit_failed_reports_all_it_put_back_while_the_pump_runs(
     async with memory_bus() as bus_a, memory_bus() as bus_b:
         a = NetworkProtocol(cfg(max_retries=0, circuit_failure_threshold=100), bus_a)
         async with a:
-            await a.register_agent("remote_agent", f"http://127.0.0.1:{port}")
-            for i in range(3):
-                with pytest.raises(AgentUnreachableError):
-                    await a.send_message("s", "remote_agent", {"i": i})
+            await fail_three_sends(a, port)
             sent = [m.message_id for m in await a.get_failed_messages("s")]
             broker = bus_a.broker
             resubmit, depth = broker.resubmit, broker.depth

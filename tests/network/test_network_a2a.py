@@ -33,9 +33,8 @@ from AgentOperatingSystem.config.network import NetworkConfig
 from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.network_protocol import NetworkProtocol
 from AgentOperatingSystem.messaging.types import Message, MessageType
+from tests.network.nodes import SECRET
 from tests.support.waiting import eventually
-
-SECRET = "network-test-secret-0123456789"
 
 
 class Node:

@@ -24,7 +24,8 @@ from AgentOperatingSystem.messaging.network.node import NetworkProtocol
 from AgentOperatingSystem.messaging.network.wire import CLOUDEVENTS_BATCH, MAX_BATCH_MESSAGES
 from AgentOperatingSystem.messaging.types import Message
 from AgentOperatingSystem.storage.manager import StorageManager
-from tests.network.test_network import SECRET, Pair, cfg, free_port, inbox, memory_bus, next_message
+from tests.network.nodes import SECRET, Pair, cfg, inbox, memory_bus, next_message
+from tests.support.ports import free_port
 from tests.support.waiting import eventually
 
 PATH = "/aos/v1/messages"

@@ -24,11 +24,10 @@ from AgentOperatingSystem.messaging.network.node import NetworkProtocol
 from AgentOperatingSystem.messaging.network.outbox import outbox_queue
 from AgentOperatingSystem.messaging.types import Message
 from AgentOperatingSystem.reliability.circuit_breaker import CircuitState
+from tests.network.nodes import SECRET
 from tests.support.node_process import NodeProcess
 
 pytestmark = pytest.mark.timeout(120)
-
-SECRET = "network-test-secret-0123456789"
 
 
 async def test_spec_3_4_examples_run_as_written_between_two_processes(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "BatchConfig",
     "CircuitConfig",
     "NetworkConfig",
+    "NetworkKeywords",
     "NetworkSettings",
     "OutboxConfig",
     "PoolConfig",
@@ -346,6 +347,21 @@ class NetworkSettings(TypedDict, total=False):
     a2a_max_tasks: int
 
 
+class NetworkKeywords(NetworkSettings, total=False):
+    """Every keyword :class:`NetworkConfig` takes: the flat settings, and whole groups (a
+    group given as None is built from its defaults)."""
+
+    server: ServerConfig | None
+    auth: AuthConfig | None
+    pool: PoolConfig | None
+    retry: RetryConfig | None
+    circuit: CircuitConfig | None
+    batching: BatchConfig | None
+    registry: RegistryConfig | None
+    outbox: OutboxConfig | None
+    a2a: A2AConfig | None
+
+
 class _Flat(Generic[_T]):
     """A flat setting of :class:`NetworkConfig`, read and written in its group."""
 
@@ -411,39 +427,19 @@ class NetworkConfig:
     outbox: OutboxConfig
     a2a: A2AConfig
 
-    def __init__(
-        self,
-        *,
-        server: ServerConfig | None = None,
-        auth: AuthConfig | None = None,
-        pool: PoolConfig | None = None,
-        retry: RetryConfig | None = None,
-        circuit: CircuitConfig | None = None,
-        batching: BatchConfig | None = None,
-        registry: RegistryConfig | None = None,
-        outbox: OutboxConfig | None = None,
-        a2a: A2AConfig | None = None,
-        **settings: Unpack[NetworkSettings],
-    ) -> None:
-        given: dict[str, Any] = {
-            "server": server,
-            "auth": auth,
-            "pool": pool,
-            "retry": retry,
-            "circuit": circuit,
-            "batching": batching,
-            "registry": registry,
-            "outbox": outbox,
-            "a2a": a2a,
-        }
+    def __init__(self, **settings: Unpack[NetworkKeywords]) -> None:
+        given: dict[str, Any] = {}
         changes: dict[str, dict[str, Any]] = {name: {} for name in _GROUPS}
         for name, value in settings.items():
+            if name in _GROUPS:
+                given[name] = value
+                continue
             flat = _FLAT.get(name)
             if flat is None:
                 raise TypeError(f"NetworkConfig got an unexpected keyword argument {name!r}")
             changes[flat.group][flat.field] = value
         for name, cls in _GROUPS.items():
-            group, own = given[name], changes[name]
+            group, own = given.get(name), changes[name]
             if group is None:
                 group = cls(**own)
             elif not isinstance(group, cls):

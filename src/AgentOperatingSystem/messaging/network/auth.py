@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, ParamSpec, Sequence
 
 from ...config.network import NetworkConfig
 from ..clock import Clock
@@ -37,6 +37,8 @@ _SIG_VERSION = "v1"
 #: HMAC states with the key already absorbed, one per secret: copying one is about three
 #: times cheaper than building a new HMAC (no key schedule, no digest look-up per request).
 _KEYED: dict[bytes, Any] = {}
+
+_P = ParamSpec("_P")
 
 
 def _mac(secret: bytes, method: str, path: str, timestamp: str, body: bytes) -> str:
@@ -89,26 +91,6 @@ def check_timestamp(timestamp: str | None, now: float, max_age: float) -> None:
         )
 
 
-def verify_request(
-    secrets: Sequence[bytes],
-    method: str,
-    path: str,
-    timestamp: str | None,
-    signature: str | None,
-    body: bytes,
-    *,
-    now: float,
-    max_age: float,
-) -> bool:
-    """True when ``signature`` is a valid signature of the request by one of ``secrets`` and
-    the timestamp is within ``max_age`` seconds of ``now`` (constant-time comparison)."""
-    try:
-        verify(secrets, method, path, timestamp, signature, body, now=now, max_age=max_age)
-    except AuthFailure:
-        return False
-    return True
-
-
 def verify(
     secrets: Sequence[bytes],
     method: str,
@@ -120,7 +102,9 @@ def verify(
     now: float,
     max_age: float,
 ) -> None:
-    """As :func:`verify_request`, raising :class:`AuthFailure` (with why) instead of False."""
+    """Check that ``signature`` is a valid signature of the request by one of ``secrets``
+    and that the timestamp is within ``max_age`` seconds of ``now`` (constant-time
+    comparison); :class:`AuthFailure` says why not."""
     check_timestamp(timestamp, now, max_age)
     assert timestamp is not None
     if not signature:
@@ -133,6 +117,25 @@ def verify(
             ok = True
     if not ok:
         raise AuthFailure("invalid signature")
+
+
+def _passes(check: Callable[_P, None]) -> Callable[_P, bool]:
+    """``check`` as a predicate: True when it returns, False when it raises
+    :class:`AuthFailure` (same parameters)."""
+
+    def passes(*args: _P.args, **kwargs: _P.kwargs) -> bool:
+        try:
+            check(*args, **kwargs)
+        except AuthFailure:
+            return False
+        return True
+
+    return passes
+
+
+#: ``verify_request(secrets, method, path, timestamp, signature, body, *, now, max_age)``:
+#: True when :func:`verify` accepts the request, False where it would raise.
+verify_request = _passes(verify)
 
 
 class RequestAuth:

@@ -16,36 +16,17 @@ import copy
 import json
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Awaitable, Protocol
+from typing import Any
 
 from yarl import URL
 
 from ...config.network import NetworkConfig
 from ..errors import NetworkError
 from ..types import Message
-from .wire import ACCEPTED_BODY, CLOUDEVENTS_BATCH, CLOUDEVENTS_JSON, DUPLICATE_BODY, dumps
+from .transport import Result, Transport
+from .wire import ACCEPTED_BODY, CLOUDEVENTS_BATCH, DUPLICATE_BODY, dumps
 
-__all__ = ["Exchange", "Lanes"]
-
-#: ``(status, answer body, attempts)`` of one message's request.
-Result = tuple[int, bytes, int]
-
-
-class Exchange(Protocol):
-    """One request with retries and the node's circuit (``ConnectionPool.exchange``)."""
-
-    def __call__(
-        self,
-        method: str,
-        url: URL,
-        body: bytes = b"",
-        *,
-        signed: bool = True,
-        what: str = "request",
-        content_type: str = CLOUDEVENTS_JSON,
-    ) -> Awaitable[Result]:
-        """``(status, body, attempts)``; raises a :class:`NetworkError` when it gives up."""
-        ...
+__all__ = ["Lanes"]
 
 
 @dataclass(slots=True)
@@ -129,11 +110,11 @@ def _batch_results(payload: bytes, count: int) -> list[tuple[int, bytes]] | None
 
 
 class Lanes:
-    """The lanes of every remote node, sending through ``exchange``."""
+    """The lanes of every remote node, sending through ``transport``."""
 
-    def __init__(self, config: NetworkConfig, exchange: Exchange) -> None:
+    def __init__(self, config: NetworkConfig, transport: Transport) -> None:
         self._config = config
-        self._exchange = exchange
+        self._exchange = transport.exchange
         self._lanes: dict[str, _Lane] = {}
 
     def waiting(self, target: str) -> int:

@@ -26,17 +26,18 @@ queue_full``/``unavailable``. Also served: ``GET /aos/v1/health`` (public), ``GE
 The parts
 ---------
 :mod:`.wire` (paths, media types, answers), :mod:`.auth` (HMAC signing), :mod:`.registry`
-(where agents are), :mod:`.hosting` (which of them this node hosts), :mod:`.pool` (sending,
-with retries and a circuit per node) and :mod:`.lanes` (batching), :mod:`.intake` (what
-arrives), :mod:`.outbox` (failed sends, dead-lettered and sent again), :mod:`.peers`
-(importing a node's agents), :mod:`.server` (the HTTP server), :mod:`.a2a` (A2A 1.0).
+(where agents are), :mod:`.hosting` (which of them this node hosts), :mod:`.pool` and
+:mod:`.transport` (sending, with retries and a circuit per node) and :mod:`.lanes`
+(batching), :mod:`.intake` (what arrives), :mod:`.outbox` (failed sends, dead-lettered and
+sent again), :mod:`.peers` (importing a node's agents), :mod:`.server` (the HTTP server),
+:mod:`.a2a` (A2A 1.0).
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any, Iterable, Mapping
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Self
 from urllib.parse import quote
 
 from aiohttp import web
@@ -58,13 +59,14 @@ from ..errors import (
 from ..policy import DEFAULT_OPTIONS, DeliveryOptions
 from ..types import Message, MessagePriority, MessageType
 from .a2a import A2AEndpoint
-from .auth import RequestAuth, sign_request, signature_headers, verify_request
+from .auth import RequestAuth
 from .hosting import HostedAgents
 from .intake import Intake, Outcome, Refusal, batch_result, publish_options
-from .outbox import OUTBOX_PREFIX, Outbox, outbox_queue
+from .outbox import Outbox
 from .peers import peer_agents
 from .pool import Connection, ConnectionPool
 from .registry import AgentInfo, AgentRegistry
+from .resource import AsyncResource
 from .sending import ResubmitReport, SendReceipt, as_message
 from .server import HttpServer
 from .wire import (
@@ -81,26 +83,15 @@ from .wire import (
     read_body,
 )
 
-__all__ = [
-    "API_PREFIX",
-    "OUTBOX_PREFIX",
-    "AgentInfo",
-    "AgentRegistry",
-    "Connection",
-    "ConnectionPool",
-    "NetworkConfig",
-    "NetworkProtocol",
-    "ResubmitReport",
-    "SendReceipt",
-    "normalize_address",
-    "outbox_queue",
-    "sign_request",
-    "signature_headers",
-    "verify_request",
-]
+# The node's parts are re-exported from one place, the spec's import path
+# (:mod:`AgentOperatingSystem.messaging.network_protocol`).
+__all__ = ["NetworkProtocol"]
+
+#: An answer to a signed request whose signature has been checked.
+_Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class NetworkProtocol:
+class NetworkProtocol(AsyncResource):
     """A network node: serves hosted agents over HTTP (node-to-node and A2A 1.0) and sends
     messages to agents hosted on other nodes (spec section 3.4).
 
@@ -205,7 +196,7 @@ class NetworkProtocol:
             self._outbox.start(name=f"aos-net-outbox:{self.node_id}")
             self._client_ready = True
 
-    async def start(self) -> NetworkProtocol:
+    async def start(self) -> Self:
         """Serve HTTP on ``config.host:config.port`` (port 0: a free one; see :attr:`url`).
 
         Raises :class:`NetworkError` when the port cannot be bound; the node is then closed
@@ -252,15 +243,7 @@ class NetworkProtocol:
         if self._owns_storage:
             await self.storage.close()
 
-    async def aclose(self) -> None:
-        """Alias of :meth:`stop`."""
-        await self.stop()
-
-    async def __aenter__(self) -> NetworkProtocol:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    aclose = stop
 
     # ------------------------------------------------------------------ registry
 
@@ -416,8 +399,10 @@ class NetworkProtocol:
     def _add_routes(self) -> None:
         r = self.app.router
         r.add_get(f"{API_PREFIX}/health", self._on_health)
-        r.add_get(f"{API_PREFIX}/agents", self._on_agents)
-        r.add_get(f"{API_PREFIX}/agents/{{agent_id}}", self._on_agent)
+        r.add_get(f"{API_PREFIX}/agents", self._signed(self._agent_index, "agent index"))
+        r.add_get(
+            f"{API_PREFIX}/agents/{{agent_id}}", self._signed(self._agent_entry, "agent look-up")
+        )
         r.add_post(f"{API_PREFIX}/messages", self._on_message)
         if self.config.a2a.enabled:
             r.add_get(f"/agents/{{agent_id}}{CARD_PATH}", self._a2a.on_card)
@@ -440,45 +425,49 @@ class NetworkProtocol:
     async def _on_health(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"status": "ok", "node_id": self.node_id})
 
-    async def _on_agents(self, request: web.Request) -> web.StreamResponse:
-        try:
-            _, denied = await self._authenticated(request)
-            if denied is not None:
-                return denied
-            agents = [
-                {
-                    "agent_id": a.agent_id,
-                    "capabilities": list(a.capabilities),
-                    "card_path": f"/agents/{quote(a.agent_id, safe='')}{CARD_PATH}",
-                }
-                for a in await self.hosted_agents()
-            ]
-            return web.json_response({"node_id": self.node_id, "url": self.url, "agents": agents})
-        except Exception as exc:
-            log.exception("agent index failed")
-            return error_response(500, "internal_error", error_text(exc))
+    def _signed(self, answer: _Answer, what: str) -> _Answer:
+        """A handler that answers a node-to-node request with ``answer`` once its signature
+        is checked (401, 413 when refused); a failure is logged and answered 500."""
 
-    async def _on_agent(self, request: web.Request) -> web.StreamResponse:
-        try:
-            _, denied = await self._authenticated(request)
-            if denied is not None:
-                return denied
-            agent_id = request.match_info["agent_id"]
-            info = await self._agents.get(agent_id)
-            if info is None:
-                return error_response(
-                    404, "unknown_agent", f"this node does not host agent {agent_id!r}"
-                )
-            return web.json_response(
-                {
-                    "agent_id": info.agent_id,
-                    "capabilities": list(info.capabilities),
-                    "node_id": self.node_id,
-                }
+        async def handler(request: web.Request) -> web.StreamResponse:
+            try:
+                _, denied = await self._authenticated(request)
+                if denied is not None:
+                    return denied
+                return await answer(request)
+            except Exception as exc:
+                log.exception("%s failed", what)
+                return error_response(500, "internal_error", error_text(exc))
+
+        return handler
+
+    async def _agent_index(self, request: web.Request) -> web.StreamResponse:
+        """``GET /aos/v1/agents``: the agents this node hosts, with their card paths."""
+        agents = [
+            {
+                "agent_id": a.agent_id,
+                "capabilities": list(a.capabilities),
+                "card_path": f"/agents/{quote(a.agent_id, safe='')}{CARD_PATH}",
+            }
+            for a in await self.hosted_agents()
+        ]
+        return web.json_response({"node_id": self.node_id, "url": self.url, "agents": agents})
+
+    async def _agent_entry(self, request: web.Request) -> web.StreamResponse:
+        """``GET /aos/v1/agents/{agent_id}``: one hosted agent, 404 when not hosted here."""
+        agent_id = request.match_info["agent_id"]
+        info = await self._agents.get(agent_id)
+        if info is None:
+            return error_response(
+                404, "unknown_agent", f"this node does not host agent {agent_id!r}"
             )
-        except Exception as exc:
-            log.exception("agent look-up failed")
-            return error_response(500, "internal_error", error_text(exc))
+        return web.json_response(
+            {
+                "agent_id": info.agent_id,
+                "capabilities": list(info.capabilities),
+                "node_id": self.node_id,
+            }
+        )
 
     async def _on_message(self, request: web.Request) -> web.StreamResponse:
         try:

@@ -1,29 +1,24 @@
 """Sending to other nodes: the :class:`ConnectionPool` and its :class:`Connection` handles.
 
-All requests go through one pool: one aiohttp ``ClientSession`` whose connector keeps up to
-``max_connections`` keep-alive connections, one
-:class:`~AgentOperatingSystem.reliability.circuit_breaker.CircuitBreaker` per remote node,
-and retries with exponential backoff for transient failures (connection errors, timeouts,
-429 and 5xx). An agent that is not registered raises :class:`UnknownAgentError`; a node that
-does not answer after the retries, or whose circuit is open, raises
-:class:`AgentUnreachableError` (at once, without a request, while the circuit is open).
-Sends to a busy node are batched (:mod:`.lanes`). A failed delivery is handed to the pool's
-``on_failure`` hook (the node's outbox) before it is raised.
+All requests go through one pool and its :class:`~.transport.Transport`: keep-alive
+connections (up to ``max_connections``), a circuit breaker per remote node, and retries with
+exponential backoff for transient failures (connection errors, timeouts, 429 and 5xx). An
+agent that is not registered raises :class:`UnknownAgentError`; a node that does not answer
+after the retries, or whose circuit is open, raises :class:`AgentUnreachableError` (at once,
+without a request, while the circuit is open). Sends to a busy node are batched
+(:mod:`.lanes`). A failed delivery is handed to the pool's ``on_failure`` hook (the node's
+outbox) before it is raised.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import random
 import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Self
 from urllib.parse import quote
 
-import aiohttp
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.client_reqrep import ClientRequest
-from aiohttp.tracing import Trace
 from yarl import URL
 
 from ...config.network import NetworkConfig
@@ -31,25 +26,21 @@ from ...reliability.circuit_breaker import CircuitBreaker
 from ..clock import SYSTEM_CLOCK, Clock
 from ..codec.envelope import encode
 from ..errors import (
-    AgentUnreachableError,
-    CircuitOpenError,
     InvalidMessageError,
     NetworkError,
     RemoteError,
     UnknownAgentError,
-    error_text,
 )
 from ..policy import DEFAULT_OPTIONS, DeliveryOptions
 from ..types import Message, MessagePriority, MessageType
-from .auth import signature_headers
 from .lanes import Lanes
 from .registry import AgentRegistry
+from .resource import AsyncResource
 from .sending import FailureHook, SendReceipt, as_message, failure_reason
+from .transport import Transport
 from .wire import (
     ACCEPTED_BODY,
     API_PREFIX,
-    CLOUDEVENTS_JSON,
-    HEADER_NODE,
     answer_duplicate,
     endpoint,
     log,
@@ -60,38 +51,21 @@ from .wire import (
 __all__ = ["Connection", "ConnectionPool"]
 
 
-class _Transient(Exception):
-    """A failure worth retrying (and counted by the node's circuit breaker)."""
-
-    def __init__(self, text: str, status: int | None = None) -> None:
-        super().__init__(text)
-        self.status = status
-
-
-def _origin(url: URL) -> str:
-    return str(url.origin())
-
-
-class Connection:
+@dataclass(eq=False, repr=False)
+class Connection(AsyncResource):
     """A handle for sending to one node (and, when ``agent_id`` is set, to one agent).
 
     The TCP connections underneath belong to the :class:`ConnectionPool` and are kept alive
-    and reused; :meth:`close` only retires this handle.
+    and reused; :meth:`close` only retires this handle. ``sender``, when given, sends what
+    :meth:`send` builds instead of the pool (the node routes it, local or remote).
     """
 
-    def __init__(
-        self,
-        pool: ConnectionPool,
-        address: str | None,
-        agent_id: str | None = None,
-        *,
-        sender: Callable[[Message], Awaitable[SendReceipt]] | None = None,
-    ) -> None:
-        self.pool = pool
-        self.address = address
-        self.agent_id = agent_id
-        self._sender = sender
-        self.closed = False
+    pool: ConnectionPool
+    address: str | None
+    agent_id: str | None = None
+    _: KW_ONLY
+    sender: Callable[[Message], Awaitable[SendReceipt]] | None = None
+    closed: bool = field(default=False, init=False)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -119,49 +93,22 @@ class Connection:
         )
         if msg.recipient_id is None:
             raise InvalidMessageError("the message names no recipient_id")
-        if self._sender is not None:
-            return await self._sender(msg)
+        sender = self.sender
+        if sender is not None:
+            return await sender(msg)
         return await self.pool.deliver(msg, address=self.address)
 
-    async def send_message(
-        self,
-        message: Message | Mapping[str, Any],
-        *,
-        sender_id: str | None = None,
-        message_type: MessageType | str | None = None,
-        priority: MessagePriority | int | str | None = None,
-    ) -> SendReceipt:
-        """Alias of :meth:`send` (spec section 7.2)."""
-        return await self.send(
-            message, sender_id=sender_id, message_type=message_type, priority=priority
-        )
+    #: Alias of :meth:`send` (spec section 7.2).
+    send_message = send
 
     async def close(self) -> None:
         """Retire the handle; further sends raise :class:`NetworkError`."""
         self.closed = True
 
-    async def __aenter__(self) -> Connection:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    aclose = close
 
 
-class _CountingConnector(aiohttp.TCPConnector):
-    """A TCP connector that counts the connections it opens (keep-alive reuse shows as a
-    count that stays low); cheaper than a per-request trace hook."""
-
-    opened = 0
-
-    async def _create_connection(
-        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
-    ) -> ResponseHandler:
-        proto = await super()._create_connection(req, traces, timeout)
-        self.opened += 1
-        return proto
-
-
-class ConnectionPool:
+class ConnectionPool(AsyncResource):
     """Keep-alive HTTP connections to other nodes, with retries and a circuit per node.
 
     ``ConnectionPool(max_connections=10, idle_timeout=300)`` (spec section 7.2); the other
@@ -192,17 +139,12 @@ class ConnectionPool:
         self.clock: Clock = clock or SYSTEM_CLOCK
         self.node_id = node_id or cfg.node_id or f"node-{uuid.uuid4().hex[:12]}"
         self.on_failure = on_failure
-        self._secret = cfg.secret
-        self._session: aiohttp.ClientSession | None = None
-        self._connector: _CountingConnector | None = None
-        self._breakers: dict[str, CircuitBreaker] = {}
+        self._transport = transport = Transport(cfg, self.clock, self.node_id)
+        #: One request with retries and the node's circuit breaker
+        #: (:meth:`.transport.Transport.exchange`).
+        self.exchange = transport.exchange
         self._message_urls: dict[str, URL] = {}
-        self._lanes = Lanes(cfg, self.exchange)
-        self._closed = False
-        self._rng = random.Random()
-        self._opened_before = 0
-        #: Requests sent so far, retries included.
-        self.requests_sent = 0
+        self._lanes = Lanes(cfg, transport)
 
     @property
     def max_connections(self) -> int:
@@ -217,87 +159,40 @@ class ConnectionPool:
     @property
     def closed(self) -> bool:
         """True after :meth:`close`."""
-        return self._closed
+        return self._transport.closed
 
     @property
     def connections_opened(self) -> int:
         """TCP connections opened so far (a measure of keep-alive reuse)."""
-        conn = self._connector
-        return self._opened_before + (conn.opened if conn is not None else 0)
+        return self._transport.connections_opened
+
+    @property
+    def requests_sent(self) -> int:
+        """Requests sent so far, retries included."""
+        return self._transport.requests_sent
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def _ensure_session(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise NetworkError("the connection pool is closed")
-        session = self._session
-        if session is None:
-            cfg = self.config.pool
-            connector = _CountingConnector(
-                limit=cfg.max_connections,
-                limit_per_host=cfg.max_connections_per_host,
-                keepalive_timeout=cfg.idle_timeout,
-            )
-            session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(
-                    total=cfg.request_timeout, sock_connect=cfg.connect_timeout
-                ),
-            )
-            self._connector = connector
-            self._session = session
-        return session
-
-    async def start(self) -> ConnectionPool:
+    async def start(self) -> Self:
         """Create the HTTP session now (otherwise it is created on first use)."""
-        self._ensure_session()
+        self._transport.session()
         return self
 
     async def close(self) -> None:
         """Close every connection. Idempotent."""
-        self._closed = True
-        session, self._session = self._session, None
-        if self._connector is not None:
-            self._opened_before += self._connector.opened
-            self._connector = None
-        if session is not None:
-            await session.close()
+        await self._transport.close()
 
-    async def aclose(self) -> None:
-        """Alias of :meth:`close`."""
-        await self.close()
-
-    async def __aenter__(self) -> ConnectionPool:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    aclose = close
 
     # -- circuits ------------------------------------------------------------------------
 
     def circuit(self, address: str) -> CircuitBreaker:
         """The circuit breaker of the node at ``address`` (created on first use)."""
-        breaker = self._breakers.get(address)
-        if breaker is not None:
-            return breaker
-        origin = _origin(URL(normalize_address(address)))
-        breaker = self._breakers.get(origin)
-        if breaker is None:
-            cfg = self.config.circuit
-            breaker = CircuitBreaker(
-                f"aos-node:{origin}",
-                failure_threshold=cfg.failure_threshold,
-                window_seconds=cfg.window_seconds,
-                recovery_timeout=cfg.recovery_timeout,
-                expected_exceptions=(_Transient,),
-                clock=self.clock,
-            )
-            self._breakers[origin] = breaker
-        return breaker
+        return self._transport.circuit(address)
 
     def reset_circuit(self, address: str) -> None:
         """Close the node's circuit now (e.g. after an operator brought it back)."""
-        self.circuit(address).reset()
+        self._transport.circuit(address).reset()
 
     # -- connections ---------------------------------------------------------------------
 
@@ -307,7 +202,7 @@ class ConnectionPool:
     ) -> AsyncIterator[Connection]:
         """``async with pool.get_connection() as conn:`` a :class:`Connection` that sends to
         ``address`` (or, when None, to wherever the registry places each recipient)."""
-        self._ensure_session()
+        self._transport.session()
         addr = normalize_address(address) if address is not None else None
         conn = Connection(self, addr, agent_id)
         try:
@@ -338,82 +233,6 @@ class ConnectionPool:
         return data
 
     # -- requests ------------------------------------------------------------------------
-
-    def _delay(self, attempt: int) -> float:
-        retry = self.config.retry
-        base = retry.delay(attempt)
-        if retry.jitter and base > 0:
-            base *= 1.0 + self._rng.uniform(-retry.jitter, retry.jitter)
-        return max(0.0, base)
-
-    async def _once(
-        self,
-        method: str,
-        url: URL,
-        body: bytes,
-        signed: bool,
-        content_type: str = CLOUDEVENTS_JSON,
-    ) -> tuple[int, bytes]:
-        session = self._ensure_session()
-        headers = {HEADER_NODE: self.node_id}
-        if body:
-            headers["Content-Type"] = content_type
-        if signed and self._secret is not None:
-            headers.update(
-                signature_headers(self._secret, method, url.raw_path_qs, body, self.clock.now())
-            )
-        self.requests_sent += 1
-        try:
-            async with session.request(
-                method, url, data=body if body else None, headers=headers
-            ) as resp:
-                payload = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise _Transient(error_text(exc)) from exc
-        if status >= 500 or status == 429:
-            code, text = remote_error(payload)
-            raise _Transient(f"HTTP {status} {code}: {text}", status)
-        return status, payload
-
-    async def exchange(
-        self,
-        method: str,
-        url: URL,
-        body: bytes = b"",
-        *,
-        signed: bool = True,
-        what: str = "request",
-        content_type: str = CLOUDEVENTS_JSON,
-    ) -> tuple[int, bytes, int]:
-        """One request with retries and the node's circuit breaker: ``(status, body,
-        attempts)`` for any answer below 500 (except 429). Raises
-        :class:`AgentUnreachableError` when the retries are exhausted or the circuit is
-        open (its ``__cause__`` is then the :class:`CircuitOpenError`)."""
-        origin = _origin(url)
-        breaker = self.circuit(origin)
-        attempts = self.config.retry.max_attempts
-        last: _Transient | None = None
-        for attempt in range(1, attempts + 1):
-            try:
-                status, payload = await breaker.call(
-                    self._once, method, url, body, signed, content_type
-                )
-            except CircuitOpenError as exc:
-                wait = f"; retry in {exc.retry_after:.1f}s" if exc.retry_after is not None else ""
-                raise AgentUnreachableError(
-                    f"{what}: node {origin} is unavailable (its circuit is open after repeated"
-                    f" failures{', last: ' + str(last) if last else ''}); not tried{wait}"
-                ) from exc
-            except _Transient as exc:
-                last = exc
-                if attempt < attempts:
-                    await self.clock.sleep(self._delay(attempt))
-                continue
-            return status, payload, attempt
-        raise AgentUnreachableError(
-            f"{what}: node {origin} did not answer after {attempts} attempt(s): {last}"
-        ) from last
 
     def _json_ok(self, status: int, payload: bytes, address: str) -> Any:
         if status >= 400:

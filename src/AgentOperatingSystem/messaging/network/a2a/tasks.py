@@ -146,28 +146,15 @@ def render_artifact(artifact: Mapping[str, Any], legacy: bool) -> dict[str, Any]
 
 
 def render_event(task: A2ATask, event: tuple[str, Any], legacy: bool) -> dict[str, Any]:
-    """A stream event (an artifact or a status update) of ``task``."""
+    """A stream event (an artifact or a status update) of ``task``: ``{"kind":
+    "artifact-update", ...}`` in the 0.3 protocol (``legacy``), ``{"artifactUpdate": {...}}``
+    in 1.0 (likewise ``status-update``/``statusUpdate``)."""
     kind, payload = event
+    ids = {"taskId": task.id, "contextId": task.context_id}
     if kind == "artifact":
         art = render_artifact(payload, legacy)
-        if legacy:
-            return {
-                "kind": "artifact-update",
-                "taskId": task.id,
-                "contextId": task.context_id,
-                "artifact": art,
-                "append": False,
-                "lastChunk": True,
-            }
-        return {
-            "artifactUpdate": {
-                "taskId": task.id,
-                "contextId": task.context_id,
-                "artifact": art,
-                "append": False,
-                "lastChunk": True,
-            }
-        }
+        update = {**ids, "artifact": art, "append": False, "lastChunk": True}
+        return {"kind": "artifact-update", **update} if legacy else {"artifactUpdate": update}
     state, message, at = payload
     status: dict[str, Any] = {
         "state": state if legacy else STATE_V1[state],
@@ -176,11 +163,5 @@ def render_event(task: A2ATask, event: tuple[str, Any], legacy: bool) -> dict[st
     if message is not None:
         status["message"] = message.render(legacy)
     if legacy:
-        return {
-            "kind": "status-update",
-            "taskId": task.id,
-            "contextId": task.context_id,
-            "status": status,
-            "final": state in TERMINAL,
-        }
-    return {"statusUpdate": {"taskId": task.id, "contextId": task.context_id, "status": status}}
+        return {"kind": "status-update", **ids, "status": status, "final": state in TERMINAL}
+    return {"statusUpdate": {**ids, "status": status}}
