@@ -15,6 +15,7 @@ from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.errors import MessagingError
 from AgentOperatingSystem.messaging.types import Message, MessageType
+from tests.support.messages import task
 from tests.support.nats_fixtures import new_nats_namespace
 from tests.support.nats_server import NatsServer
 from tests.support.waiting import eventually
@@ -112,21 +113,15 @@ class Worker:
         self.proc = None
 
 
-def task(n: int) -> Message:
-    return Message(
-        message_type=MessageType.TASK, sender_id="tester", recipient_id="worker", content={"n": n}
-    )
-
-
-async def test_two_bus_processes_share_an_agent_queue(nats_url: str, nats_namespace: str) -> None:
-    url = f"{nats_url}?namespace={nats_namespace}"
+async def test_two_bus_processes_share_an_agent_queue(nats_engine_url: str) -> None:
+    url = nats_engine_url  # a fresh namespace, shared by the two worker processes and this bus
     workers = [Worker(url, "worker", delay=0.005), Worker(url, "worker", delay=0.005)]
     config = MessageBusConfig(broker_url=url, storage_url="memory://", poll_interval=0.05)
     try:
         await asyncio.gather(*(w.start() for w in workers))
         async with MessageBus(config) as bus:
             n = 300
-            await asyncio.gather(*(bus.publish(task(i)) for i in range(n)))
+            await asyncio.gather(*(bus.publish(task(n=i)) for i in range(n)))
             await eventually(
                 lambda: len(set(workers[0].handled) | set(workers[1].handled)) >= n,
                 60,
@@ -139,6 +134,7 @@ async def test_two_bus_processes_share_an_agent_queue(nats_url: str, nats_namesp
             assert response.message_type is MessageType.RESPONSE
             assert response.content["echo"] == 10_000
             assert response.content["pid"] in {w.pid for w in workers}
+
             # the response can arrive before the responder's ack of the request lands
             async def acked() -> bool:
                 return await bus.queue_depth("worker") == 0
@@ -192,14 +188,14 @@ async def test_cluster_loses_its_stream_leader_and_loses_no_acknowledged_message
 
     async with MessageBus(config) as bus:
         await bus.subscribe("worker", [MessageType.TASK], handler)
-        await bus.publish(task(-1))  # the consumer is running before the storm
+        await bus.publish(task(n=-1))  # the consumer is running before the storm
         await eventually(lambda: -1 in handled, 30, "the warm-up message")
         numbers = iter(range(total))
 
         async def publisher() -> None:
             for n in numbers:
                 try:
-                    await bus.publish(task(n))
+                    await bus.publish(task(n=n))
                 except MessagingError as exc:
                     failed[n] = repr(exc)
                 else:
@@ -214,19 +210,23 @@ async def test_cluster_loses_its_stream_leader_and_loses_no_acknowledged_message
         await asyncio.gather(*(publisher() for _ in range(20)), killer())
         assert killed and len(acked) + len(failed) == total
         # every acknowledged publish reaches the handler or the dead-letter queue
-        deadline = started + 85
-        while True:
-            missing = acked - set(handled)
+        missing: set[int] = set()
+
+        async def accounted_for() -> bool:
+            missing.clear()
+            missing.update(acked - set(handled))
             if missing and await bus.dead_letter_depth("worker"):
                 dead = await bus.get_dead_letter_messages("worker", limit=total)
-                missing -= {m.content["n"] for m in dead}
-            if not missing:
-                break
-            assert time.monotonic() < deadline, (
+                missing.difference_update(m.content["n"] for m in dead)
+            return not missing
+
+        try:
+            await eventually(accounted_for, started + 85 - time.monotonic())
+        except AssertionError:
+            raise AssertionError(
                 f"{len(missing)} acknowledged messages neither handled nor dead-lettered "
                 f"(killed {killed}, e.g. {sorted(missing)[:10]})"
-            )
-            await asyncio.sleep(0.25)
+            ) from None
     elapsed = time.monotonic() - started
     assert elapsed < 90, f"took {elapsed:.1f}s"
     # publishes are retried while the leader moves; a rare give-up is an error, never a loss
@@ -235,12 +235,13 @@ async def test_cluster_loses_its_stream_leader_and_loses_no_acknowledged_message
     )
 
 
-async def test_a_waiting_requester_gets_its_response_directly(nats_url: str) -> None:
+async def test_a_waiting_requester_gets_its_response_directly(nats_engine_url: str) -> None:
     """On NATS a response to a requester that is waiting goes over core NATS: nothing is
     stored on the reply queue, and the answer is the handler's. (Requests are stored here:
     ``direct_requests=False``; their handoff is tested in test_nats_handoff.py.)"""
-    cfg = MessageBusConfig(broker_url=f"{nats_url}?namespace={new_nats_namespace()}",
-                           storage_url="memory://", direct_requests=False)
+    cfg = MessageBusConfig(
+        broker_url=nats_engine_url, storage_url="memory://", direct_requests=False
+    )
     async with MessageBus(cfg) as bus:
         sent_to: list[str] = []
         send = bus.broker.send
@@ -259,4 +260,3 @@ async def test_a_waiting_requester_gets_its_response_directly(nats_url: str) -> 
             response = await bus.request(recipient_id="cfo", content={"q": i}, timeout=10)
             assert response.content == {"answer": i * 2}
         assert sent_to == ["cfo", "cfo", "cfo"]  # requests stored; responses went directly
-        await bus.broker.drop_namespace()  # type: ignore[attr-defined]

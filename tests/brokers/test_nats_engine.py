@@ -39,7 +39,8 @@ from AgentOperatingSystem.messaging.errors import (
     QueueFullError,
 )
 from tests.support.nats_fixtures import new_nats_namespace
-from tests.support.nats_server import NatsServer, free_port
+from tests.support.nats_server import NatsServer
+from tests.support.ports import free_port
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.nats
@@ -97,6 +98,18 @@ async def open_broker(nats_url: str, nats_namespace: str) -> AsyncIterator[OpenB
 @pytest_asyncio.fixture
 async def broker(open_broker: OpenBroker) -> NatsBroker:
     return await open_broker()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """The engine clock of ``manual_broker``: it moves only when a test says so."""
+    return ManualClock()
+
+
+@pytest_asyncio.fixture
+async def manual_broker(open_broker: OpenBroker, clock: ManualClock) -> NatsBroker:
+    """A broker whose clock is ``clock``."""
+    return await open_broker(clock)
 
 
 # ---------------------------------------------------------------------------- pure helpers
@@ -344,23 +357,23 @@ async def test_lock_expiry_redelivers(open_broker: OpenBroker) -> None:
     assert await b.ack(q, [settle(d2)]) == [True]
 
 
-async def test_lock_expiry_follows_the_engine_clock(open_broker: OpenBroker) -> None:
-    clock = ManualClock()
-    broker = await open_broker(clock)
+async def test_lock_expiry_follows_the_engine_clock(
+    manual_broker: NatsBroker, clock: ManualClock
+) -> None:
     q = "manual"
-    await broker.send([env(q, "m")])
-    [d] = await broker.receive(q, 1, 30)
+    await manual_broker.send([env(q, "m")])
+    [d] = await manual_broker.receive(q, 1, 30)
     clock.advance(29)
-    assert await broker.receive(q, 1, 30) == []
-    assert await broker.renew(q, [settle(d)], 30) == [True]
+    assert await manual_broker.receive(q, 1, 30) == []
+    assert await manual_broker.renew(q, [settle(d)], 30) == [True]
     clock.advance(29)
-    assert await broker.receive(q, 1, 30) == []  # renewed
+    assert await manual_broker.receive(q, 1, 30) == []  # renewed
     clock.advance(2)
-    [d2] = await broker.receive(q, 1, 30)  # lock expired on the clock: handed back at once
+    [d2] = await manual_broker.receive(q, 1, 30)  # lock expired on the clock: handed back at once
     assert d2.attempts == 2
-    assert await broker.ack(q, [settle(d)]) == [False]
-    assert await broker.renew(q, [settle(d)], 30) == [False]
-    assert await broker.ack(q, [settle(d2)]) == [True]
+    assert await manual_broker.ack(q, [settle(d)]) == [False]
+    assert await manual_broker.renew(q, [settle(d)], 30) == [False]
+    assert await manual_broker.ack(q, [settle(d2)]) == [True]
 
 
 async def test_renew_keeps_the_lock(open_broker: OpenBroker) -> None:
@@ -483,18 +496,18 @@ async def test_put_dead_letter_is_stored_as_dead_letter_stores_it(open_broker: O
 
 
 # ---------------------------------------------------------------------------- dedup / ids
-async def test_dedup_key_within_window(open_broker: OpenBroker) -> None:
-    clock = ManualClock()
-    broker = await open_broker(clock)
+async def test_dedup_key_within_window(manual_broker: NatsBroker, clock: ManualClock) -> None:
     q = "dedup"
     first = env(q, "m1", dedup_key="k")
-    assert await broker.send([first], dedup_window=60) == [True]
-    assert await broker.send([env(q, "m2", dedup_key="k")], dedup_window=60) == [False]
-    assert await broker.send([env("elsewhere", "m2", dedup_key="k")], dedup_window=60) == [True]
-    assert await broker.send([env(q, "m3", dedup_key="k")], dedup_window=0) == [True]
+    assert await manual_broker.send([first], dedup_window=60) == [True]
+    assert await manual_broker.send([env(q, "m2", dedup_key="k")], dedup_window=60) == [False]
+    assert await manual_broker.send([env("elsewhere", "m2", dedup_key="k")], dedup_window=60) == [
+        True
+    ]
+    assert await manual_broker.send([env(q, "m3", dedup_key="k")], dedup_window=0) == [True]
     clock.advance(61)
-    assert await broker.send([env(q, "m4", dedup_key="k")], dedup_window=60) == [True]
-    got = await broker.receive(q, 10, 30)
+    assert await manual_broker.send([env(q, "m4", dedup_key="k")], dedup_window=60) == [True]
+    got = await manual_broker.receive(q, 10, 30)
     assert [d.message_id for d in got] == ["m1", "m3", "m4"]
 
 
@@ -539,30 +552,30 @@ async def test_bindings_are_shared(open_broker: OpenBroker) -> None:
     assert await a.bindings("other") == ["q1"]
 
 
-async def test_processed_key_and_outbox(open_broker: OpenBroker) -> None:
-    clock = ManualClock()
-    broker = await open_broker(clock)
+async def test_processed_key_and_outbox(manual_broker: NatsBroker, clock: ManualClock) -> None:
     q = "eo"
-    await broker.send([env(q, "in")])
-    [d] = await broker.receive(q, 1, 30)
-    assert await broker.is_processed("key-1") is False
+    await manual_broker.send([env(q, "in")])
+    [d] = await manual_broker.receive(q, 1, 30)
+    assert await manual_broker.is_processed("key-1") is False
     outbox = [env("out", "o1"), env("out", "o2", 0)]
-    assert await broker.ack(q, [settle(d)], processed_key="key-1", processed_ttl=100, outbox=outbox)
-    assert await broker.is_processed("key-1") is True
-    got = await broker.receive("out", 10, 30)
+    assert await manual_broker.ack(
+        q, [settle(d)], processed_key="key-1", processed_ttl=100, outbox=outbox
+    )
+    assert await manual_broker.is_processed("key-1") is True
+    got = await manual_broker.receive("out", 10, 30)
     assert [x.message_id for x in got] == ["o2", "o1"]
-    assert await broker.depth(q) == 0
+    assert await manual_broker.depth(q) == 0
     clock.advance(101)
-    assert await broker.is_processed("key-1") is False
+    assert await manual_broker.is_processed("key-1") is False
     # a lost lock records nothing
-    await broker.send([env(q, "in2")])
-    [d2] = await broker.receive(q, 1, 30)
+    await manual_broker.send([env(q, "in2")])
+    [d2] = await manual_broker.receive(q, 1, 30)
     clock.advance(31)
-    assert await broker.ack(q, [settle(d2)], processed_key="key-2", outbox=[env("out", "o3")]) == [
-        False
-    ]
-    assert await broker.is_processed("key-2") is False
-    assert await broker.depth("out") == 2
+    assert await manual_broker.ack(
+        q, [settle(d2)], processed_key="key-2", outbox=[env("out", "o3")]
+    ) == [False]
+    assert await manual_broker.is_processed("key-2") is False
+    assert await manual_broker.depth("out") == 2
 
 
 async def test_outbox_retry_is_deduplicated(broker: NatsBroker) -> None:

@@ -25,10 +25,8 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.nats
 
 
-def config(url: str, namespace: str, **extra: Any) -> MessageBusConfig:
-    return MessageBusConfig(
-        broker_url=f"{url}?namespace={namespace}", storage_url="memory://", **extra
-    )
+def config(url: str, **extra: Any) -> MessageBusConfig:
+    return MessageBusConfig(broker_url=url, storage_url="memory://", **extra)
 
 
 def spy_on_sends(bus: MessageBus) -> list[str]:
@@ -44,13 +42,20 @@ def spy_on_sends(bus: MessageBus) -> list[str]:
     return stored
 
 
-async def test_a_request_is_handed_to_a_consumer_in_another_process(
-    nats_url: str, nats_namespace: str
-) -> None:
-    worker = Worker(f"{nats_url}?namespace={nats_namespace}", "cfo")
+async def warmed_up(asker: MessageBus, answerer: MessageBus) -> tuple[NatsBroker, int]:
+    """Have ``answerer``'s consumer of "cfo" answer one request (it is then live and caught
+    up); return ``answerer``'s engine and the handoffs it took so far."""
+    await asker.request(recipient_id="cfo", content={}, timeout=10)
+    broker = answerer.broker
+    assert isinstance(broker, NatsBroker)
+    return broker, broker.handoffs_taken
+
+
+async def test_a_request_is_handed_to_a_consumer_in_another_process(nats_engine_url: str) -> None:
+    worker = Worker(nats_engine_url, "cfo")
     await worker.start()
     try:
-        async with MessageBus(config(nats_url, nats_namespace)) as bus:
+        async with MessageBus(config(nats_engine_url)) as bus:
             first = await bus.request(recipient_id="cfo", content={"n": 0}, timeout=20)
             stored = spy_on_sends(bus)
             for n in range(1, 6):
@@ -66,13 +71,12 @@ async def test_a_request_is_handed_to_a_consumer_in_another_process(
 
 
 async def test_two_consumer_processes_of_one_agent_never_both_take_a_request(
-    nats_url: str, nats_namespace: str
+    nats_engine_url: str,
 ) -> None:
-    url = f"{nats_url}?namespace={nats_namespace}"
-    workers = [Worker(url, "cfo"), Worker(url, "cfo")]
+    workers = [Worker(nats_engine_url, "cfo"), Worker(nats_engine_url, "cfo")]
     await asyncio.gather(*(w.start() for w in workers))
     try:
-        async with MessageBus(config(nats_url, nats_namespace)) as bus:
+        async with MessageBus(config(nats_engine_url)) as bus:
             answers = await asyncio.gather(
                 *(bus.request(recipient_id="cfo", content={"n": n}, timeout=20) for n in range(30))
             )
@@ -84,10 +88,8 @@ async def test_two_consumer_processes_of_one_agent_never_both_take_a_request(
     assert sorted(handled) == list(range(30))  # every request handled, none twice
 
 
-async def test_a_request_is_handed_to_a_consumer_of_the_same_process(
-    nats_url: str, nats_namespace: str
-) -> None:
-    async with MessageBus(config(nats_url, nats_namespace)) as bus:
+async def test_a_request_is_handed_to_a_consumer_of_the_same_process(nats_engine_url: str) -> None:
+    async with MessageBus(config(nats_engine_url)) as bus:
         broker = bus.broker
         assert isinstance(broker, NatsBroker)
 
@@ -105,12 +107,10 @@ async def test_a_request_is_handed_to_a_consumer_of_the_same_process(
         assert broker.handoffs_taken == taken + 3
 
 
-async def test_direct_requests_false_stores_every_request(
-    nats_url: str, nats_namespace: str
-) -> None:
+async def test_direct_requests_false_stores_every_request(nats_engine_url: str) -> None:
     async with (
-        MessageBus(config(nats_url, nats_namespace, direct_requests=False)) as asker,
-        MessageBus(config(nats_url, nats_namespace)) as answerer,
+        MessageBus(config(nats_engine_url, direct_requests=False)) as asker,
+        MessageBus(config(nats_engine_url)) as answerer,
     ):
 
         async def cfo(m: Message) -> dict[str, int]:
@@ -127,14 +127,14 @@ async def test_direct_requests_false_stores_every_request(
 
 
 async def test_a_failing_handed_off_request_is_retried_from_the_queue_then_dead_lettered(
-    nats_url: str, nats_namespace: str
+    nats_engine_url: str,
 ) -> None:
     """The handed-off attempt counts: with max_attempts=2 the handler runs twice (once
     handed off, once from the durable queue), and the dead letter says 2 attempts."""
     policy = {"max_attempts": 2, "initial_delay": 0.05}
     async with (
-        MessageBus(config(nats_url, nats_namespace)) as asker,
-        MessageBus(config(nats_url, nats_namespace, default_retry_policy=policy)) as answerer,
+        MessageBus(config(nats_engine_url)) as asker,
+        MessageBus(config(nats_engine_url, default_retry_policy=policy)) as answerer,
     ):
         calls: list[str] = []
 
@@ -145,10 +145,7 @@ async def test_a_failing_handed_off_request_is_retried_from_the_queue_then_dead_
             return {"ok": "yes"}
 
         await answerer.subscribe("cfo", [MessageType.QUERY], cfo)
-        await asker.request(recipient_id="cfo", content={}, timeout=10)  # warm up
-        broker = answerer.broker
-        assert isinstance(broker, NatsBroker)
-        taken = broker.handoffs_taken
+        broker, taken = await warmed_up(asker, answerer)
         with pytest.raises(RequestFailedError) as failed:
             await asker.request(recipient_id="cfo", content={"fail": True}, timeout=20)
         assert broker.handoffs_taken == taken + 1  # the first attempt was handed off
@@ -162,10 +159,10 @@ async def test_a_failing_handed_off_request_is_retried_from_the_queue_then_dead_
 
 
 async def test_stop_puts_a_handoff_held_by_a_stuck_handler_back_in_the_queue(
-    nats_url: str, nats_namespace: str
+    nats_engine_url: str,
 ) -> None:
-    async with MessageBus(config(nats_url, nats_namespace)) as asker:
-        stuck = MessageBus(config(nats_url, nats_namespace, shutdown_timeout=0.2))
+    async with MessageBus(config(nats_engine_url)) as asker:
+        stuck = MessageBus(config(nats_engine_url, shutdown_timeout=0.2))
         await stuck.start()
         started = asyncio.Event()
 
@@ -176,10 +173,7 @@ async def test_stop_puts_a_handoff_held_by_a_stuck_handler_back_in_the_queue(
             return {"by": "stuck"}
 
         await stuck.subscribe("cfo", [MessageType.QUERY], hang)
-        await asker.request(recipient_id="cfo", content={}, timeout=10)  # warm up
-        broker = stuck.broker
-        assert isinstance(broker, NatsBroker)
-        taken = broker.handoffs_taken
+        broker, taken = await warmed_up(asker, stuck)
         pending = asyncio.create_task(
             asker.request(recipient_id="cfo", content={"hang": True}, timeout=30)
         )
@@ -191,7 +185,7 @@ async def test_stop_puts_a_handoff_held_by_a_stuck_handler_back_in_the_queue(
         async def answer(m: Message) -> dict[str, str]:
             return {"by": "second"}
 
-        async with MessageBus(config(nats_url, nats_namespace)) as second:
+        async with MessageBus(config(nats_engine_url)) as second:
             await second.subscribe("cfo", [MessageType.QUERY], answer)
             response = await asyncio.wait_for(pending, 20)
         assert response.content == {"by": "second"}
@@ -204,15 +198,10 @@ def clock() -> ManualClock:
 
 
 @pytest_asyncio.fixture
-async def brokers(
-    nats_url: str, nats_namespace: str, clock: ManualClock
-) -> AsyncIterator[list[NatsBroker]]:
+async def brokers(nats_engine_url: str, clock: ManualClock) -> AsyncIterator[list[NatsBroker]]:
     """Two engines (two connections: two processes as far as NATS can tell): the consumer
     on ``clock``, the sender on the system clock."""
-    pair = [
-        await create_nats_broker(nats_url, clock=c, namespace=nats_namespace)
-        for c in (clock, SystemClock())
-    ]
+    pair = [await create_nats_broker(nats_engine_url, clock=c) for c in (clock, SystemClock())]
     try:
         yield pair
     finally:

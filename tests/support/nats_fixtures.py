@@ -5,7 +5,7 @@
 * ``nats_server`` (session): one JetStream server reused by every test; tests isolate
   themselves with a unique namespace (``nats_namespace``).
 * ``nats_url``: its client URL.
-* ``nats_namespace``: a fresh namespace; its streams and buckets are deleted afterwards.
+* ``nats_namespace``: a fresh namespace; all its streams and buckets are deleted afterwards.
 * ``nats_private_server`` (function): a server of the test's own, free to stop/kill/restart.
 * ``nats_cluster`` (function): three routed JetStream servers with a meta leader.
 
@@ -22,7 +22,7 @@ from typing import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 
-from .nats_server import NatsServer, start_cluster
+from .nats_server import NatsServer, running, start_cluster
 
 __all__ = [
     "nats_cluster",
@@ -39,23 +39,11 @@ def new_nats_namespace(prefix: str = "t") -> str:
     return f"{prefix}{os.urandom(6).hex()}"
 
 
-async def _drop(url: str, namespace: str) -> None:
-    from AgentOperatingSystem.messaging.brokers.nats import create_nats_broker
-    from AgentOperatingSystem.messaging.clock import SystemClock
-
-    broker = await create_nats_broker(url, clock=SystemClock(), namespace=namespace)
-    await broker.drop_namespace()
-
-
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     """One JetStream server for the whole session (stopped by PID at the end)."""
-    server = NatsServer(tmp_path_factory.mktemp("nats-session"), name="session")
-    try:
-        server.start()
+    with running(NatsServer(tmp_path_factory.mktemp("nats-session"), name="session")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -68,11 +56,15 @@ def nats_url(nats_server: NatsServer) -> str:
 
 @pytest_asyncio.fixture
 async def nats_namespace(nats_url: str) -> AsyncIterator[str]:
-    """A unique namespace on the session server, deleted after the test."""
+    """A unique namespace on the session server; afterwards every stream and bucket of it is
+    deleted (the engine's and the StorageManager's ``KV_<ns>_STORE``)."""
+    # engines.py imports this module (for new_nats_namespace): import it when the fixture runs
+    from .engines import drop_nats_namespace
+
     namespace = new_nats_namespace()
     yield namespace
     try:
-        await asyncio.wait_for(_drop(nats_url, namespace), 15)
+        await asyncio.wait_for(drop_nats_namespace(nats_url, namespace), 15)
     except Exception:  # the server may have been stopped by the test: nothing to clean
         pass
 
@@ -80,12 +72,8 @@ async def nats_namespace(nats_url: str) -> AsyncIterator[str]:
 @pytest.fixture
 def nats_private_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A server of this test's own (stop/kill/restart are allowed)."""
-    server = NatsServer(tmp_path / "nats-private", name="private")
-    try:
-        server.start()
+    with running(NatsServer(tmp_path / "nats-private", name="private"), kill=True) as server:
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture

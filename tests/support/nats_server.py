@@ -1,10 +1,11 @@
 """Process control for ``nats-server`` in tests and benchmarks.
 
 A :class:`NatsServer` runs one real ``nats-server`` with JetStream on 127.0.0.1 on free ports,
-with its store in a directory of its own. :func:`start_cluster` starts several routed into one
-JetStream cluster and waits until it has a meta leader. Servers are stopped by PID (never by
-name); every started process is also registered with :mod:`atexit` and, on Linux, asks the
-kernel to kill it when the test process dies, so no server outlives the run.
+with its store in a directory of its own; :func:`running` keeps one running for a ``with``
+block. :func:`start_cluster` starts several routed into one JetStream cluster and waits until
+it has a meta leader. Servers are stopped by PID (never by name); every started process is
+also registered with :mod:`atexit` and, on Linux, asks the kernel to kill it when the test
+process dies, so no server outlives the run.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-__all__ = ["NatsServer", "free_port", "nats_server_binary", "start_cluster"]
+from .ports import free_port
+
+__all__ = ["NatsServer", "nats_server_binary", "running", "start_cluster"]
 
 _LIVE: dict[int, NatsServer] = {}
 
@@ -47,13 +51,6 @@ def nats_server_binary() -> str:
         "nats-server not found on PATH or in /usr/sbin: install it (apt install nats-server, "
         "or a release from github.com/nats-io/nats-server) to run the NATS tests"
     )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _parent_death_kill() -> None:  # pragma: no cover - runs in the child before exec
@@ -273,6 +270,20 @@ class NatsServer:
 
     def __repr__(self) -> str:
         return f"NatsServer({self.name!r}, url={self.url!r}, pid={self.pid})"
+
+
+@contextmanager
+def running(server: NatsServer, *, kill: bool = False) -> Iterator[NatsServer]:
+    """``server`` started for the ``with`` block; afterwards (also when it failed to start)
+    stopped by SIGTERM, or by SIGKILL with ``kill=True``."""
+    try:
+        server.start()
+        yield server
+    finally:
+        if kill:
+            server.kill()
+        else:
+            server.stop()
 
 
 def start_cluster(

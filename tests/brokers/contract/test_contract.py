@@ -14,6 +14,7 @@ from AgentOperatingSystem.messaging.brokers.base import (
     LocalPut,
 )
 from AgentOperatingSystem.messaging.brokers.memory import MemoryBroker
+from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.codec.envelope import encode
 from AgentOperatingSystem.messaging.errors import (
     QueueFullError,
@@ -30,6 +31,15 @@ from .conftest import Harness
 pytestmark = pytest.mark.timeout(90)
 
 
+async def served_and_acknowledged(bus: MessageBus, agent: str, limit: int) -> list[int]:
+    """The ``n`` of each message ``get_messages`` hands ``agent`` (up to ``limit``), in the
+    order served; every one of them is then acknowledged."""
+    got = await bus.get_messages(agent, limit=limit)
+    for m in got:
+        await bus.acknowledge(m.message_id)
+    return [m.content["n"] for m in got]
+
+
 async def test_priority_order_then_fifo(harness: Harness) -> None:
     bus = await harness.bus()
     prios = [
@@ -44,11 +54,8 @@ async def test_priority_order_then_fifo(harness: Harness) -> None:
     ]
     for i, p in enumerate(prios):
         await bus.publish(task("ceo", i, priority=p))
-    got = await bus.get_messages("ceo", limit=20)
     expected = sorted(range(len(prios)), key=lambda i: (prios[i].value, i))
-    assert [m.content["n"] for m in got] == expected
-    for m in got:
-        await bus.acknowledge(m.message_id)
+    assert await served_and_acknowledged(bus, "ceo", 20) == expected
     assert await bus.queue_depth("ceo") == 0
 
 
@@ -78,10 +85,7 @@ async def test_a_message_back_from_an_expired_lock_keeps_its_place(harness: Harn
     await bus.publish(task("ceo", 3))
     await bus.publish(task("ceo", 4, priority=MessagePriority.HIGH))
     await harness.advance(1.3)
-    got = await bus.get_messages("ceo", 10)
-    assert [m.content["n"] for m in got] == [4, 1, 2, 3]
-    for m in got:
-        await bus.acknowledge(m.message_id)
+    assert await served_and_acknowledged(bus, "ceo", 10) == [4, 1, 2, 3]
     assert await bus.queue_depth("ceo") == 0
 
 

@@ -341,6 +341,18 @@ class MemoryBroker:
             return None  # the lock expired: the message belongs to the queue again
         return entry
 
+    def _unlock(self, queue: str, s: SettlementRef) -> tuple[_Queue, _Entry] | None:
+        """Take the message ``s`` holds locked out of flight (release, dead-letter): its
+        queue and entry, or None when the lock is lost."""
+        self._check()
+        q = self._queues.get(queue)
+        entry = self._locked(q, s) if q is not None else None
+        if q is None or entry is None:
+            return None
+        del q.inflight[s.message_id]
+        entry.token = ""
+        return q, entry
+
     async def ack(
         self,
         queue: str,
@@ -381,13 +393,10 @@ class MemoryBroker:
         self, queue: str, settlement: SettlementRef, *, delay: float = 0.0, error: str | None = None
     ) -> bool:
         """Unlock for redelivery after ``delay`` seconds."""
-        self._check()
-        q = self._queues.get(queue)
-        entry = self._locked(q, settlement) if q is not None else None
-        if q is None or entry is None:
+        unlocked = self._unlock(queue, settlement)
+        if unlocked is None:
             return False
-        del q.inflight[settlement.message_id]
-        entry.token = ""
+        q, entry = unlocked
         entry.last_error = error
         now = self._clock.now()
         if delay > 0:
@@ -420,14 +429,11 @@ class MemoryBroker:
         self, queue: str, settlement: SettlementRef, *, reason: str, error: str | None = None
     ) -> bool:
         """Move a locked message to the dead-letter queue."""
-        self._check()
-        q = self._queues.get(queue)
-        entry = self._locked(q, settlement) if q is not None else None
-        if q is None or entry is None:
+        unlocked = self._unlock(queue, settlement)
+        if unlocked is None:
             return False
-        del q.inflight[settlement.message_id]
-        del q.live[settlement.message_id]
-        entry.token = ""
+        q, entry = unlocked
+        del q.live[entry.message_id]
         entry.live = False
         q.dead.pop(entry.message_id, None)
         q.dead[entry.message_id] = DeadLetter(

@@ -6,9 +6,10 @@ collaborator       operations
 =================  ==========================================================
 ``Publisher``      ``send`` (:mod:`.publish`, with :mod:`.depth`, :mod:`.dedup`)
 ``Receiver``       ``receive`` (:mod:`.receive`, :mod:`.pullers`, :mod:`.locks`)
-``Settler``        ``ack``, ``release``, ``renew`` (:mod:`.settle`, :mod:`.acks`)
-``DeadLetters``    ``dead_letter``, ``put_dead_letter``, ``dead_letters``,
-                   ``resubmit``, ``purge_dead_letters`` (:mod:`.dead_letters`)
+``Settler``        ``ack``, ``release``, ``renew``, ``dead_letter`` (:mod:`.settle`,
+                   :mod:`.acks`)
+``DeadLetters``    ``put_dead_letter``, ``dead_letters``, ``resubmit``,
+                   ``purge_dead_letters`` (:mod:`.dead_letters`)
 ``Depths``         ``depth``, ``dead_letter_depth``, ``queues``
 ``ProcessedKeys``  ``is_processed`` (:mod:`.processed`)
 ``Bindings``       ``bind``, ``unbind``, ``bindings``
@@ -29,15 +30,15 @@ from typing import Any, Coroutine, Sequence
 import nats.errors
 
 from ...clock import Clock
-from ..base import DeadLetter, Delivery, Envelope, SettlementRef
+from ..base import Envelope
 from .acks import Acks
 from .bindings import Bindings
 from .connection import Connection
 from .dead_letters import DeadLetters
 from .dedup import DedupKeys
 from .depth import Depths
-from .direct import Direct, Handler
-from .handoff import HANDOFF_TIMEOUT, Handoffs
+from .direct import Direct
+from .handoff import Handoffs
 from .inbox import Inbox
 from .locks import Locks
 from .meta import MetaStore
@@ -56,8 +57,9 @@ class NatsBroker:
     """The :class:`~..base.Broker` seam, and :class:`~..base.DirectDelivery`, on NATS
     JetStream; made by :func:`~.factory.create_nats_broker`.
 
-    Each seam operation is a plain method that returns its collaborator's coroutine (await
-    it as usual): the facade adds no coroutine and no await to the publish and consume paths.
+    Each seam operation is an attribute: its collaborator's method, bound in ``__init__``
+    (the table in the module docs says which), so the facade adds no call, coroutine or
+    await to the publish and consume paths. What spans collaborators is a method here.
     """
 
     needs_bytes: bool = True
@@ -88,18 +90,41 @@ class NatsBroker:
         publisher = self._publisher = Publisher(
             conn, clock, watches, depths, dedup, self.dedup_window
         )
-        processed = self._processed = ProcessedKeys(conn, buckets.done, clock)
-        self._receiver = Receiver(conn, clock, pullers, locks, meta, watches, handoffs)
+        processed = ProcessedKeys(conn, buckets.done, clock)
+        receiver = Receiver(conn, clock, pullers, locks, meta, watches, handoffs)
         # what the engine stores by itself goes through the broker's ``send``, looked up
         # per call (as a method of one class did), so a wrapper set on the broker sees it
         store = self._store
-        self._settler = Settler(
-            conn, clock, locks, meta, acks, handoffs, watches, publisher, processed, store
+        dead = DeadLetters(conn, clock, watches)
+        settler = Settler(
+            conn, clock, locks, meta, acks, handoffs, watches, publisher, processed, store, dead
         )
-        self._dead = DeadLetters(conn, clock, locks, meta, acks, handoffs, watches)
-        self._bindings = Bindings(conn, buckets.bind)
-        self._direct = Direct(conn, clock, handoffs, store)
+        binds = Bindings(conn, buckets.bind)
+        direct = Direct(conn, clock, handoffs, store)
         self._inbox = Inbox(conn, acks.pending, pullers.by_name)
+        # The seam: each operation is its collaborator's method, bound once here (the table
+        # in the module docs), so a call goes straight to the code that owns it.
+        self.send = publisher.send
+        self.receive = receiver.receive
+        self.ack = settler.ack
+        self.release = settler.release
+        self.renew = settler.renew
+        self.dead_letter = settler.dead_letter
+        self.wait = watches.wait
+        self.put_dead_letter = dead.put
+        self.dead_letters = dead.dead_letters
+        self.resubmit = dead.resubmit
+        self.purge_dead_letters = dead.purge
+        self.depth = depths.depth
+        self.dead_letter_depth = depths.dead_letter_depth
+        self.queues = depths.queues
+        self.is_processed = processed.is_processed
+        self.bind = binds.bind
+        self.unbind = binds.unbind
+        self.bindings = binds.bindings
+        self.listen_direct = direct.listen
+        self.send_direct = direct.send
+        self.hand_off = direct.hand_off
         conn.on_reconnect.append(self._reconnected)
 
     def _store(self, envelopes: Sequence[Envelope]) -> Coroutine[Any, Any, list[bool]]:
@@ -109,134 +134,6 @@ class NatsBroker:
     async def open(self) -> None:
         """Start taking what comes to the connection's inbox (the factory calls this)."""
         await self._inbox.open()
-
-    # ------------------------------------------------------------------ publish, consume
-    def send(
-        self,
-        envelopes: Sequence[Envelope],
-        *,
-        max_depth: int | None = None,
-        dedup_window: float = 0.0,
-    ) -> Coroutine[Any, Any, list[bool]]:
-        """Enqueue the envelopes; False for a ``dedup_key`` seen within ``dedup_window``."""
-        return self._publisher.send(envelopes, max_depth=max_depth, dedup_window=dedup_window)
-
-    def receive(
-        self, queue: str, max_messages: int, lock_seconds: float
-    ) -> Coroutine[Any, Any, list[Delivery]]:
-        """Lock and return up to ``max_messages`` available messages: priority, then FIFO."""
-        return self._receiver.receive(queue, max_messages, lock_seconds)
-
-    def ack(
-        self,
-        queue: str,
-        settlements: Sequence[SettlementRef],
-        *,
-        processed_key: str | None = None,
-        processed_ttl: float = 0.0,
-        outbox: Sequence[Envelope] = (),
-    ) -> Coroutine[Any, Any, list[bool]]:
-        """Remove settled messages (double ack); outbox and processed key first (not atomic)."""
-        return self._settler.ack(
-            queue,
-            settlements,
-            processed_key=processed_key,
-            processed_ttl=processed_ttl,
-            outbox=outbox,
-        )
-
-    def release(
-        self, queue: str, settlement: SettlementRef, *, delay: float = 0.0, error: str | None = None
-    ) -> Coroutine[Any, Any, bool]:
-        """``nak(delay)``: delivered again after ``delay`` seconds; ``error`` is kept."""
-        return self._settler.release(queue, settlement, delay=delay, error=error)
-
-    def renew(
-        self, queue: str, settlements: Sequence[SettlementRef], lock_seconds: float
-    ) -> Coroutine[Any, Any, list[bool]]:
-        """Restart locks with ``+WPI``; the server extends by the consumer's ``ack_wait``."""
-        return self._settler.renew(queue, settlements, lock_seconds)
-
-    def wait(self, queue: str, timeout: float) -> Coroutine[Any, Any, None]:
-        """Return when something was published to ``queue`` (any process), a local release or
-        lock deadline comes due, or after ``timeout`` seconds of real time."""
-        return self._watches.wait(queue, timeout)
-
-    # ------------------------------------------------------------------ dead letters
-    def dead_letter(
-        self, queue: str, settlement: SettlementRef, *, reason: str, error: str | None = None
-    ) -> Coroutine[Any, Any, bool]:
-        """Copy the message to ``<ns>.dlq.<queue>`` with why, then terminate it in the queue."""
-        return self._dead.dead_letter(queue, settlement, reason=reason, error=error)
-
-    def put_dead_letter(
-        self, envelope: Envelope, *, reason: str, error: str | None = None, attempts: int = 0
-    ) -> Coroutine[Any, Any, bool]:
-        """Store ``envelope`` straight in its queue's dead-letter queue (never deliverable);
-        False when a dead letter of that id is there already."""
-        return self._dead.put(envelope, reason=reason, error=error, attempts=attempts)
-
-    def dead_letters(self, queue: str, limit: int = 100) -> Coroutine[Any, Any, list[DeadLetter]]:
-        """The queue's dead letters, oldest first."""
-        return self._dead.dead_letters(queue, limit)
-
-    def resubmit(self, queue: str, message_id: str) -> Coroutine[Any, Any, bool]:
-        """Republish a dead letter to its queue (new stream message: attempts reset), delete it."""
-        return self._dead.resubmit(queue, message_id)
-
-    def purge_dead_letters(self, queue: str) -> Coroutine[Any, Any, int]:
-        """Delete the queue's dead letters; return how many."""
-        return self._dead.purge(queue)
-
-    # ------------------------------------------------------------------ inspection, keys
-    def depth(self, queue: str) -> Coroutine[Any, Any, int]:
-        """Messages in the queue (available, delayed or locked), dead letters excluded."""
-        return self._depths.depth(queue)
-
-    def dead_letter_depth(self, queue: str) -> Coroutine[Any, Any, int]:
-        """Messages in the queue's dead-letter queue."""
-        return self._depths.dead_letter_depth(queue)
-
-    def queues(self) -> Coroutine[Any, Any, list[str]]:
-        """Names of queues that hold messages or dead letters."""
-        return self._depths.queues()
-
-    def is_processed(self, key: str) -> Coroutine[Any, Any, bool]:
-        """Whether ``key`` was recorded by ``ack`` and its ttl (engine clock) has not run out."""
-        return self._processed.is_processed(key)
-
-    def bind(self, topic: str, queue: str) -> Coroutine[Any, Any, None]:
-        """Subscribe ``queue`` to ``topic`` (durable, shared by every process)."""
-        return self._bindings.bind(topic, queue)
-
-    def unbind(self, topic: str, queue: str) -> Coroutine[Any, Any, None]:
-        """Remove a binding."""
-        return self._bindings.unbind(topic, queue)
-
-    def bindings(self, topic: str) -> Coroutine[Any, Any, list[str]]:
-        """Queues bound to ``topic``."""
-        return self._bindings.bindings(topic)
-
-    # ------------------------------------------------------------------ direct delivery
-    def listen_direct(self, queue: str, handler: Handler) -> Coroutine[Any, Any, None]:
-        """Take envelopes sent to ``queue`` with :meth:`send_direct` while this process runs;
-        ``handler(body)`` says whether it took the message."""
-        return self._direct.listen(queue, handler)
-
-    def send_direct(
-        self, env: Envelope, *, reply_for: str | None = None, timeout: float = 2.0
-    ) -> Coroutine[Any, Any, bool]:
-        """Hand ``env`` to a live :meth:`listen_direct` listener of its queue (nothing
-        stored); ``reply_for`` is the id of the handed-off request ``env`` answers. True
-        only when it was taken; on False the caller must fall back to :meth:`send`."""
-        return self._direct.send(env, reply_for=reply_for, timeout=timeout)
-
-    def hand_off(
-        self, env: Envelope, *, reply_queue: str | None = None, wait: float = HANDOFF_TIMEOUT
-    ) -> Coroutine[Any, Any, bool]:
-        """Offer a request to a consumer of its queue that is live, idle and caught up right
-        now (nothing stored); True when one took it, else the caller must :meth:`send` it."""
-        return self._direct.hand_off(env, reply_queue=reply_queue, wait=wait)
 
     @property
     def handoff_grace(self) -> float:

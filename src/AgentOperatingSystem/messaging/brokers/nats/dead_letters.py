@@ -1,14 +1,16 @@
 """Dead letters: stream ``<ns>_DLQ``, one subject per queue, the metadata in headers.
 
-``dead_letter`` copies a locked message there with why (reason, error, attempts, time), then
-terminates it in its queue; ``put`` stores a message that never reached its queue the same
-way, so ``dead_letters``, ``resubmit`` and ``purge`` treat both alike. ``resubmit`` publishes
-a dead letter to its queue again (a new stream message: attempts reset) and deletes it.
+The settler's ``dead_letter`` (:mod:`.settle`) copies a locked message here with why
+(:meth:`DeadLetters.headers`: reason, error, attempts, time), then terminates it in its queue;
+``put`` stores a message that never reached its queue the same way, so ``dead_letters``,
+``resubmit`` and ``purge`` treat both alike. ``resubmit`` publishes a dead letter to its queue
+again (a new stream message: attempts reset) and deletes it.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 from urllib.parse import unquote
 
@@ -18,10 +20,8 @@ from nats.js import api
 from ...clock import Clock
 from ...errors import BrokerError, InvalidMessageError
 from ...policy import DEFAULT_OPTIONS
-from ..base import DeadLetter, Envelope, SettlementRef
-from .acks import Acks
+from ..base import DeadLetter, Envelope
 from .connection import Connection
-from .handoff import Handoffs
 from .headers import (
     H_ATTEMPTS,
     H_DEAD_AT,
@@ -31,12 +31,9 @@ from .headers import (
     H_QUEUE,
     H_REASON,
     Info,
-    attempts,
     fnum,
     hq,
 )
-from .locks import Locks
-from .meta import MetaStore
 from .subjects import clamp_priority, hash_text, queue_token
 from .translate import caused_by
 from .watch import Watches
@@ -44,63 +41,13 @@ from .watch import Watches
 __all__ = ["DeadLetters"]
 
 
+@dataclass(slots=True)
 class DeadLetters:
     """Every queue's dead-letter queue."""
 
-    def __init__(
-        self,
-        conn: Connection,
-        clock: Clock,
-        locks: Locks,
-        meta: MetaStore,
-        acks: Acks,
-        handoffs: Handoffs,
-        watches: Watches,
-    ) -> None:
-        self._conn = conn
-        self._clock = clock
-        self._locks = locks
-        self._meta = meta
-        self._acks = acks
-        self._handoffs = handoffs
-        self._watches = watches
-
-    async def dead_letter(
-        self, queue: str, settlement: SettlementRef, *, reason: str, error: str | None = None
-    ) -> bool:
-        """Copy the message to ``<ns>.dlq.<queue>`` with why, then terminate it in the queue."""
-        conn = self._conn
-        conn.check_open()
-        subject = conn.subjects.dead(queue)
-        if settlement.token[:1] == "h":
-            handoff = self._handoffs.find(queue, settlement)
-            if handoff is None:
-                return False
-            key, info = f"ho:{handoff.info.message_id}", handoff.info.encode()
-            await conn.publish(
-                subject, handoff.body, self._headers(queue, key, info, 1, reason, error)
-            )
-            return True
-        held = self._locks.take(queue, settlement)
-        if held is None:
-            return False
-        msg = held.msg
-        headers = msg.headers or {}
-        delivered = int(msg.metadata.num_delivered)
-        meta = await self._meta.get(held.seq) if (held.has_meta or delivered > 1) else None
-        dl_headers = self._headers(
-            queue,
-            f"{held.seq}:{delivered}",
-            headers.get(H_INFO, ""),
-            attempts(delivered, meta.phantom if meta else 0, headers),
-            reason,
-            error,
-        )
-        await conn.publish(subject, msg.data or b"", dl_headers)
-        await self._acks.ack_sync(msg, b"+TERM")
-        if meta is not None or held.has_meta:
-            await self._meta.drop(held.seq)
-        return True
+    _conn: Connection
+    _clock: Clock
+    _watches: Watches
 
     async def put(
         self, envelope: Envelope, *, reason: str, error: str | None = None, attempts: int = 0
@@ -124,7 +71,7 @@ class DeadLetters:
             message_id,
         )
         key = f"put:{hash_text(message_id)}"
-        headers = self._headers(queue, key, info.encode(), attempts, reason, error)
+        headers = self.headers(queue, key, info.encode(), attempts, reason, error)
         subject = conn.subjects.dead(queue)
         seq, duplicate, attempt = await conn.publish(subject, body, headers)
         if not duplicate or attempt > 1:
@@ -137,9 +84,11 @@ class DeadLetters:
         await conn.publish(subject, body, headers)
         return True
 
-    def _headers(
+    def headers(
         self, queue: str, key: str, info: str, attempts: int, reason: str, error: str | None
     ) -> dict[str, str]:
+        """The headers of a dead letter of ``queue``: its ``Nats-Msg-Id`` made of ``key``
+        (unique per dead-lettering), the message's ``info`` and why it is here."""
         headers = {
             H_MSG_ID: f"dl:{queue_token(queue)}:{key}",
             H_QUEUE: hq(queue),

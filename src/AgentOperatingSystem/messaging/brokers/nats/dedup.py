@@ -11,24 +11,19 @@ import contextlib
 import os
 
 import nats.js.errors
-from nats.js.kv import KeyValue
 
-from ...clock import Clock
 from ..base import Envelope
-from .connection import Connection
+from .bucket_keys import BucketKeys
 from .headers import fnum
 from .subjects import hash_text, queue_token
 
 __all__ = ["DedupKeys"]
 
 
-class DedupKeys:
-    """Claims on ``dedup_key`` values, per queue."""
+class DedupKeys(BucketKeys):
+    """Claims on ``dedup_key`` values, per queue, in the dedup bucket."""
 
-    def __init__(self, conn: Connection, kv: KeyValue, clock: Clock) -> None:
-        self._conn = conn
-        self._kv = kv
-        self._clock = clock
+    __slots__ = ()
 
     async def claim(self, env: Envelope, window: float) -> tuple[bool, str | None]:
         """Record ``env.dedup_key`` unless sent to its queue within ``window``; (fresh, key)."""

@@ -5,11 +5,9 @@ none longer than ``PROCESSED_MAX_AGE``)."""
 from __future__ import annotations
 
 import nats.js.errors
-from nats.js.kv import KeyValue
 
-from ...clock import Clock
 from ...errors import BrokerError
-from .connection import Connection
+from .bucket_keys import BucketKeys
 from .headers import fnum
 from .subjects import hash_text
 from .translate import caused_by
@@ -17,13 +15,10 @@ from .translate import caused_by
 __all__ = ["ProcessedKeys"]
 
 
-class ProcessedKeys:
-    """Recorded exactly-once keys and their expiry."""
+class ProcessedKeys(BucketKeys):
+    """Recorded exactly-once keys and their expiry, in the processed-keys bucket."""
 
-    def __init__(self, conn: Connection, kv: KeyValue, clock: Clock) -> None:
-        self._conn = conn
-        self._kv = kv
-        self._clock = clock
+    __slots__ = ()
 
     async def record(self, key: str, ttl: float) -> None:
         """Record ``key`` for ``ttl`` seconds (0: until the bucket's maximum age)."""

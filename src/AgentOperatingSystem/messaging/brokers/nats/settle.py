@@ -1,4 +1,4 @@
-"""Settling deliveries: ack, release (nack with a delay) and renew.
+"""Settling deliveries: ack, release (nack with a delay), renew and dead-letter.
 
 * **ack** is a pipelined double ack (:mod:`.acks`). ``ack(processed_key=..., outbox=...)``
   runs in this order: publish the outbox (each with ``Nats-Msg-Id`` derived from the key and
@@ -9,6 +9,8 @@
   ``error`` is kept in the meta bucket and comes back as ``Delivery.last_error``.
 * **renew** sends ``+WPI`` (``in_progress``), which restarts the lock for the consumer's
   ``ack_wait`` (so processes should agree on one ``lock_seconds``).
+* **dead_letter** copies the message to its queue's dead-letter queue (:mod:`.dead_letters`)
+  with why, then terminates it in the queue (``+TERM``).
 
 A token ``h<n>`` names a handoff (:mod:`.handoff`), settled in this process alone.
 """
@@ -25,7 +27,9 @@ from ...errors import InvalidMessageError
 from ..base import Envelope, SettlementRef
 from .acks import Acks
 from .connection import REQUEST_TIMEOUT, Connection
+from .dead_letters import DeadLetters
 from .handoff import Handoff, Handoffs
+from .headers import H_INFO, attempts
 from .locks import Held, Locks
 from .meta import Meta, MetaStore
 from .processed import ProcessedKeys
@@ -37,7 +41,7 @@ __all__ = ["Settler"]
 
 
 class Settler:
-    """``ack``, ``release`` and ``renew`` for the facade."""
+    """``ack``, ``release``, ``renew`` and ``dead_letter`` for the facade."""
 
     def __init__(
         self,
@@ -51,6 +55,7 @@ class Settler:
         publisher: Publisher,
         processed: ProcessedKeys,
         store: Callable[[Sequence[Envelope]], Awaitable[list[bool]]],
+        dlq: DeadLetters,
     ) -> None:
         self._conn = conn
         self._clock = clock
@@ -62,6 +67,7 @@ class Settler:
         self._publisher = publisher
         self._processed = processed
         self._store = store  # the broker's send, for an outbox without a processed key
+        self._dlq = dlq
 
     async def ack(
         self,
@@ -165,3 +171,41 @@ class Settler:
             with conn.errors("renew"):
                 await conn.nc.flush(timeout=int(REQUEST_TIMEOUT))
         return out
+
+    async def dead_letter(
+        self, queue: str, settlement: SettlementRef, *, reason: str, error: str | None = None
+    ) -> bool:
+        """Copy the message to ``<ns>.dlq.<queue>`` with why, then terminate it in the queue."""
+        conn = self._conn
+        conn.check_open()
+        subject = conn.subjects.dead(queue)
+        headers_for = self._dlq.headers
+        if settlement.token[:1] == "h":
+            handoff = self._handoffs.find(queue, settlement)
+            if handoff is None:
+                return False
+            key, info = f"ho:{handoff.info.message_id}", handoff.info.encode()
+            await conn.publish(
+                subject, handoff.body, headers_for(queue, key, info, 1, reason, error)
+            )
+            return True
+        held = self._locks.take(queue, settlement)
+        if held is None:
+            return False
+        msg = held.msg
+        headers = msg.headers or {}
+        delivered = int(msg.metadata.num_delivered)
+        meta = await self._meta.get(held.seq) if (held.has_meta or delivered > 1) else None
+        dl_headers = headers_for(
+            queue,
+            f"{held.seq}:{delivered}",
+            headers.get(H_INFO, ""),
+            attempts(delivered, meta.phantom if meta else 0, headers),
+            reason,
+            error,
+        )
+        await conn.publish(subject, msg.data or b"", dl_headers)
+        await self._acks.ack_sync(msg, b"+TERM")
+        if meta is not None or held.has_meta:
+            await self._meta.drop(held.seq)
+        return True

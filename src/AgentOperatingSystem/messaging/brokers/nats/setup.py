@@ -53,33 +53,26 @@ class Buckets:
 async def ensure(conn: Connection, *, replicas: int, dedup_window: float) -> Buckets:
     """Create the streams and buckets of ``conn``'s namespace (or take those that exist)."""
     names = conn.subjects
-    q_stream = _ensure_stream(
-        conn,
+    # the queues' stream and the dead letters' stream: name, subjects, retention, duplicate window
+    streams = (
+        (names.q_stream, names.all_queues, api.RetentionPolicy.WORK_QUEUE, max(dedup_window, 1.0)),
+        (names.dlq_stream, names.all_dead, api.RetentionPolicy.LIMITS, 120.0),
+    )
+    configs = [
         api.StreamConfig(
-            name=names.q_stream,
-            subjects=[names.all_queues],
-            retention=api.RetentionPolicy.WORK_QUEUE,
+            name=name,
+            subjects=[subjects],
+            retention=retention,
             storage=api.StorageType.FILE,
             num_replicas=replicas,
-            duplicate_window=max(dedup_window, 1.0),
-        ),
-    )
-    dlq_stream = _ensure_stream(
-        conn,
-        api.StreamConfig(
-            name=names.dlq_stream,
-            subjects=[names.all_dead],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.FILE,
-            num_replicas=replicas,
-            duplicate_window=120.0,
-        ),
-    )
+            duplicate_window=window,
+        )
+        for name, subjects, retention, window in streams
+    ]
     bind, done, dedup, meta = names.buckets()
     # independent assets: create them concurrently (each is a raft group in a cluster)
     results = await asyncio.gather(
-        q_stream,
-        dlq_stream,
+        *(_ensure_stream(conn, config) for config in configs),
         _ensure_kv(conn, bind, None, replicas),
         _ensure_kv(conn, done, PROCESSED_MAX_AGE, replicas),
         _ensure_kv(conn, dedup, max(dedup_window, 1.0), replicas),
@@ -89,7 +82,7 @@ async def ensure(conn: Connection, *, replicas: int, dedup_window: float) -> Buc
     for outcome in results:
         if isinstance(outcome, BaseException):
             raise outcome
-    bind_kv, done_kv, dedup_kv, meta_kv = (cast(KeyValue, kv) for kv in results[2:])
+    bind_kv, done_kv, dedup_kv, meta_kv = (cast(KeyValue, kv) for kv in results[len(configs) :])
     return Buckets(bind_kv, done_kv, dedup_kv, meta_kv)
 
 

@@ -100,13 +100,7 @@ def resubmit(conn: sqlite3.Connection, queue: str, message_id: str, now: float) 
     if row is None:
         return False
     conn.execute("DELETE FROM dead_letters WHERE dseq=?", (row[0],))
-    insert(
-        conn,
-        [Envelope(queue, message_id, row[1], bytes(row[2]), available_at=now)],
-        now,
-        None,
-        0.0,
-    )
+    insert(conn, [Envelope(queue, message_id, row[1], bytes(row[2]), available_at=now)], now)
     return True
 
 

@@ -47,26 +47,14 @@ def insert(
     conn: sqlite3.Connection,
     envelopes: Sequence[Envelope],
     now: float,
-    max_depth: int | None,
-    dedup_window: float,
-) -> list[bool]:
-    """Insert ``envelopes`` one by one; per envelope True, or False for a dedup key seen
-    within ``dedup_window``. Raises on a live duplicate id or a queue over ``max_depth``."""
-    results: list[bool] = []
+    max_depth: int | None = None,
+) -> None:
+    """Insert ``envelopes`` one by one and count them into their queues' depths. Raises on a
+    missing body, a live duplicate id or a queue over ``max_depth``."""
     added: dict[str, int] = {}
     for env in envelopes:
         if env.body is None:
-            raise BrokerError("the sqlite engine needs encoded envelopes (body)")
-        key = env.dedup_key
-        if key is not None and dedup_window > 0:
-            row = conn.execute("SELECT expires_at FROM dedup WHERE key=?", (key,)).fetchone()
-            if row is not None and row[0] > now:
-                results.append(False)
-                continue
-            conn.execute(
-                "INSERT OR REPLACE INTO dedup(key, expires_at) VALUES (?, ?)",
-                (key, now + dedup_window),
-            )
+            raise _no_body()
         try:
             conn.execute(_INSERT, _row(env, now))
         except sqlite3.IntegrityError as exc:
@@ -74,10 +62,27 @@ def insert(
                 f"message {env.message_id} is already in queue {env.queue!r}"
             ) from exc
         added[env.queue] = added.get(env.queue, 0) + 1
-        results.append(True)
     for name, n in added.items():
         add_depth(conn, name, n, max_depth)
-    return results
+
+
+def _claim(conn: sqlite3.Connection, env: Envelope, now: float, window: float) -> bool:
+    """Record ``env.dedup_key`` for ``window`` seconds; False when it was sent within its
+    window (``env`` is then left out). Raises on a missing body, as :func:`insert` does."""
+    if env.body is None:
+        raise _no_body()
+    key = env.dedup_key
+    if key is None:
+        return True
+    row = conn.execute("SELECT expires_at FROM dedup WHERE key=?", (key,)).fetchone()
+    if row is not None and row[0] > now:
+        return False
+    conn.execute("INSERT OR REPLACE INTO dedup(key, expires_at) VALUES (?, ?)", (key, now + window))
+    return True
+
+
+def _no_body() -> BrokerError:
+    return BrokerError("the sqlite engine needs encoded envelopes (body)")
 
 
 class Inserts:
@@ -95,9 +100,15 @@ class Inserts:
         max_depth: int | None,
         dedup_window: float,
     ) -> list[bool]:
-        """One send: sweep when due, then :func:`insert`."""
+        """One send: sweep when due, leave out the envelopes whose ``dedup_key`` was sent
+        within ``dedup_window`` (False), :func:`insert` the others (True)."""
         self.sweep(conn, now)
-        return insert(conn, envelopes, now, max_depth, dedup_window)
+        if dedup_window <= 0:
+            insert(conn, envelopes, now, max_depth)
+            return [True] * len(envelopes)
+        fresh = [_claim(conn, env, now, dedup_window) for env in envelopes]
+        insert(conn, [env for env, ok in zip(envelopes, fresh) if ok], now, max_depth)
+        return fresh
 
     def insert_plain(self, conn: sqlite3.Connection, ops: Sequence[Op]) -> None:
         """Consecutive sends without dedup keys in one statement, each queue's depth updated

@@ -104,7 +104,7 @@ def ack(
             (processed_key, now + max(processed_ttl, 0.0)),
         )
         if outbox:
-            insert(conn, outbox, now, None, 0.0)
+            insert(conn, outbox, now)
     return out
 
 
