@@ -8,6 +8,7 @@ import os
 import pytest
 
 if importlib.util.find_spec("tests.support.nats_fixtures") is not None:
+    from tests.support.engines import each_engine_url  # noqa: F401  (a fixture)
     from tests.support.nats_fixtures import *  # noqa: F403
 
 

@@ -8,7 +8,6 @@ both received). The bus settles nothing then; naming the agent settles that agen
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -19,15 +18,14 @@ from AgentOperatingSystem.messaging.errors import (
     DeliveryError,
     UnknownMessageError,
 )
-from tests.support.engines import engine_params, engine_url
 from tests.support.messages import task
 
 
-@pytest.fixture(params=engine_params())
-async def bus(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MessageBus]:
-    async with engine_url(request, request.param, tmp_path, name="errors") as url:
-        async with MessageBus(MessageBusConfig(broker_url=url, poll_interval=0.05)) as started:
-            yield started
+@pytest.fixture
+async def bus(each_engine_url: str) -> AsyncIterator[MessageBus]:
+    config = MessageBusConfig(broker_url=each_engine_url, poll_interval=0.05)
+    async with MessageBus(config) as started:
+        yield started
 
 
 async def held_by_two(bus: MessageBus, message_id: str) -> None:

@@ -31,22 +31,18 @@ from AgentOperatingSystem.messaging.errors import (
 )
 from AgentOperatingSystem.messaging.types import Message, MessagePriority, MessageType
 from AgentOperatingSystem.storage.manager import StorageManager
-from tests.support.engines import engine_params, engine_url
 from tests.support.messages import drain
 
 START = 1_750_000_000.0
 
 
-@pytest.fixture(params=engine_params())
-async def storage_manager(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[StorageManager]:
-    async with engine_url(request, request.param, tmp_path, name="conv") as url:
-        manager = StorageManager(url, clock=ManualClock(START))
-        try:
-            yield manager
-        finally:
-            await manager.close()
+@pytest.fixture
+async def storage_manager(each_engine_url: str) -> AsyncIterator[StorageManager]:
+    manager = StorageManager(each_engine_url, clock=ManualClock(START))
+    try:
+        yield manager
+    finally:
+        await manager.close()
 
 
 @pytest.fixture
@@ -540,6 +536,17 @@ async def test_add_message_publishes_to_other_participants(
     assert cto[1].metadata["conversation_sequence"] == 2
 
 
+async def refused_turn(
+    conversations: ConversationSystem, error: type[Exception], text: str
+) -> tuple[str, str]:
+    """ceo_agent says ``text`` in a new conversation with cfo_agent and cto_agent, and its
+    delivery fails with ``error``: the conversation's id and the notes on the error."""
+    cid = await conversations.start_conversation(["ceo_agent", "cfo_agent", "cto_agent"], "plan")
+    with pytest.raises(error) as info:
+        await conversations.add_message(cid, "ceo_agent", text)
+    return cid, " ".join(getattr(info.value, "__notes__", []))
+
+
 async def test_failed_delivery_propagates_after_storing(storage_manager: StorageManager) -> None:
     async with (
         MessageBus(MessageBusConfig(broker_url="memory://")) as cfo_bus,
@@ -548,12 +555,7 @@ async def test_failed_delivery_propagates_after_storing(storage_manager: Storage
         await cto_bus.set_permissions("ceo_agent", can_publish=["event"])
         bus = PerAgentPublisher({"cfo_agent": cfo_bus, "cto_agent": cto_bus})
         conversations = ConversationSystem(storage_manager, bus)
-        cid = await conversations.start_conversation(
-            ["ceo_agent", "cfo_agent", "cto_agent"], "plan"
-        )
-        with pytest.raises(PermissionDeniedError) as info:
-            await conversations.add_message(cid, "ceo_agent", "secret")
-        notes = " ".join(getattr(info.value, "__notes__", []))
+        cid, notes = await refused_turn(conversations, PermissionDeniedError, "secret")
         assert "was stored" in notes and "cto_agent" in notes
         assert "delivered to ['cfo_agent'], not delivered to ['cto_agent']" in notes
         assert [m.recipient_id for m in bus.published] == ["cfo_agent"]
@@ -571,12 +573,7 @@ async def test_batch_delivery_failure_delivers_to_none(storage_manager: StorageM
         filler = Message(message_type=MessageType.TASK, sender_id="o", recipient_id="cto_agent")
         await bus.publish_batch([filler])
         conversations = ConversationSystem(storage_manager, bus)
-        cid = await conversations.start_conversation(
-            ["ceo_agent", "cfo_agent", "cto_agent"], "plan"
-        )
-        with pytest.raises(QueueFullError) as info:
-            await conversations.add_message(cid, "ceo_agent", "hello")
-        notes = " ".join(getattr(info.value, "__notes__", []))
+        cid, notes = await refused_turn(conversations, QueueFullError, "hello")
         assert "was stored" in notes and "none of ['cfo_agent', 'cto_agent']" in notes
         assert bus.single == []
         assert len(await conversations.get_conversation_history(cid)) == 1

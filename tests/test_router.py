@@ -14,11 +14,13 @@ from AgentOperatingSystem.messaging.router import (
     MessageRouter,
     default_hash_key,
 )
-from AgentOperatingSystem.messaging.types import Message, MessagePriority, MessageType
+from AgentOperatingSystem.messaging.types import Message
+from tests.support import messages
 
 
-def task(task_type: str = "analysis", **fields: Any) -> Message:
-    return Message(message_type=MessageType.TASK, content={"task_type": task_type}, **fields)
+def task(task_type: str = "analysis") -> Message:
+    """A TASK without a recipient whose content names ``task_type``, what the rules here test."""
+    return messages.task(None, content={"task_type": task_type})
 
 
 def always(_: Message) -> bool:
@@ -28,47 +30,6 @@ def always(_: Message) -> bool:
 def route_n(router: MessageRouter, n: int, message: Message | None = None) -> list[str | None]:
     msg = message if message is not None else task()
     return [router.route(msg) for _ in range(n)]
-
-
-# -- the spec's example -----------------------------------------------------------------------
-
-
-def test_spec_3_6_example_runs_as_written() -> None:
-    router = MessageRouter()
-
-    # Add routing rule
-    router.add_rule(
-        name="high_priority_to_ceo",
-        condition=lambda msg: msg.priority == MessagePriority.HIGH,
-        target="ceo_agent",
-    )
-
-    # Add load balancing rule
-    router.add_load_balancing_rule(
-        name="analysis_tasks",
-        condition=lambda msg: msg.content.get("task_type") == "analysis",
-        targets=["analyst_1", "analyst_2", "analyst_3"],
-        strategy="round_robin",
-    )
-
-    message = Message(
-        message_type=MessageType.TASK,
-        sender_id="orchestrator",
-        content={"task_type": "analysis"},
-        priority=MessagePriority.HIGH,
-    )
-    # Route message
-    target_agent = router.route(message)
-    assert target_agent == "ceo_agent"  # first matching rule wins
-
-    normal = message.copy(priority=MessagePriority.NORMAL)
-    assert [router.route(normal) for _ in range(4)] == [
-        "analyst_1",
-        "analyst_2",
-        "analyst_3",
-        "analyst_1",
-    ]
-    assert router.route(task("report")) is None
 
 
 # -- rules -----------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The spec's code examples (sections 3.1, 3.2, 3.6 with the bus, 4.1-4.4, 5.1-5.3, 6.1-6.3,
-7.1, 7.3), as written, with the handlers and data they refer to defined around them.
+"""The spec's code examples (sections 3.1, 3.2, 3.6 alone and with the bus, 4.1-4.4, 5.1-5.3,
+6.1-6.3, 7.1, 7.3), as written, with the handlers and data they refer to defined around them.
 
 3.1 runs on the embedded default (``enable_persistence=True`` -> SQLite in ``AOS_DATA_DIR``);
 the rest on the same default unless a test says otherwise.
@@ -22,7 +22,9 @@ import zstandard
 
 from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.messaging.bus import EventStream, MessageBus
+from AgentOperatingSystem.messaging.router import MessageRouter
 from AgentOperatingSystem.messaging.types import Message, MessagePriority, MessageType
+from tests.support.messages import task
 from tests.support.waiting import eventually
 
 logger = logging.getLogger("spec-examples")
@@ -168,23 +170,53 @@ def test_3_2_message_structure() -> None:
     assert len(m.message_id) >= 16 and m.message_id != Message().message_id
 
 
-async def test_3_6_bus_uses_its_router_for_messages_without_recipient(
-    message_bus: MessageBus,
-) -> None:
-    from AgentOperatingSystem.messaging.router import MessageRouter
-
+def spec_3_6_router() -> MessageRouter:
+    """The router of section 3.6 with its two rules, as written."""
     router = MessageRouter()
+
+    # Add routing rule
     router.add_rule(
         name="high_priority_to_ceo",
         condition=lambda msg: msg.priority == MessagePriority.HIGH,
         target="ceo_agent",
     )
+
+    # Add load balancing rule
     router.add_load_balancing_rule(
         name="analysis_tasks",
         condition=lambda msg: msg.content.get("task_type") == "analysis",
         targets=["analyst_1", "analyst_2", "analyst_3"],
         strategy="round_robin",
     )
+    return router
+
+
+def test_3_6_message_router() -> None:
+    router = spec_3_6_router()
+    message = Message(
+        message_type=MessageType.TASK,
+        sender_id="orchestrator",
+        content={"task_type": "analysis"},
+        priority=MessagePriority.HIGH,
+    )
+    # Route message
+    target_agent = router.route(message)
+    assert target_agent == "ceo_agent"  # first matching rule wins
+
+    normal = message.copy(priority=MessagePriority.NORMAL)
+    assert [router.route(normal) for _ in range(4)] == [
+        "analyst_1",
+        "analyst_2",
+        "analyst_3",
+        "analyst_1",
+    ]
+    assert router.route(task(None, content={"task_type": "report"})) is None
+
+
+async def test_3_6_bus_uses_its_router_for_messages_without_recipient(
+    message_bus: MessageBus,
+) -> None:
+    router = spec_3_6_router()
     message_bus.router = router
     await message_bus.publish(
         message_type=MessageType.TASK, content={"x": 1}, priority=MessagePriority.HIGH

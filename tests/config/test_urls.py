@@ -29,7 +29,7 @@ from AgentOperatingSystem.storage.nats import NatsStorageBackend
 from tests.support.engines import drop_nats_namespace, namespace_streams
 from tests.support.messages import task
 from tests.support.nats_fixtures import new_nats_namespace
-from tests.support.nats_server import NatsServer
+from tests.support.nats_server import NatsServer, running
 from tests.support.ports import free_port
 
 SECURE_AND_WEB = ("tls", "ws", "wss")
@@ -172,11 +172,8 @@ class WebSocketNatsServer(NatsServer):
 @pytest.fixture
 def ws_server(tmp_path: Path) -> Iterator[WebSocketNatsServer]:
     server = WebSocketNatsServer(tmp_path / "nats-ws")
-    try:
-        server.start()
+    with running(server):
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -312,29 +312,30 @@ async def test_ignored_exception_frees_the_half_open_slot(clock: ManualClock) ->
     assert state(breaker) is CircuitState.CLOSED
 
 
-async def test_cancelled_error_never_counts(clock: ManualClock) -> None:
-    breaker = make(clock, failure_threshold=1, expected_exceptions=(BaseException,))
+async def cancel_a_hanging_call(breaker: CircuitBreaker) -> None:
+    """Start a call that never ends, cancel it, and see the cancellation reach the caller."""
 
     async def hang() -> None:
         await asyncio.Event().wait()
 
+    task = asyncio.create_task(breaker.call(hang))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_cancelled_error_never_counts(clock: ManualClock) -> None:
+    breaker = make(clock, failure_threshold=1, expected_exceptions=(BaseException,))
     for _ in range(3):
-        task = asyncio.create_task(breaker.call(hang))
-        await asyncio.sleep(0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_a_hanging_call(breaker)
     assert state(breaker) is CircuitState.CLOSED
     assert breaker.stats.failures == 0
 
     # a cancelled trial frees its slot in half-open too
     await fail_n(breaker, 1)
     clock.advance(5.0)
-    task = asyncio.create_task(breaker.call(hang))
-    await asyncio.sleep(0)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_a_hanging_call(breaker)
     assert state(breaker) is CircuitState.HALF_OPEN
     await breaker.call(ok)
     assert state(breaker) is CircuitState.CLOSED

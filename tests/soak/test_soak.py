@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -11,20 +12,34 @@ import pytest
 from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.types import Message, MessageType
+from tests.support.engines import LOCAL_ENGINES, engine_url
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
-@pytest.mark.parametrize("engine", ["memory", "sqlite"])
-async def test_soak_mixed_traffic_loses_nothing(engine: str, tmp_path: Path) -> None:
+@pytest.fixture(params=LOCAL_ENGINES)
+async def local_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh place on each engine of this process in turn."""
+    async with engine_url(request, request.param, tmp_path, name="soak") as url:
+        yield url
+
+
+@pytest.fixture
+async def nats_engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh namespace on the session nats-server."""
+    async with engine_url(request, "nats", tmp_path) as url:
+        yield url
+
+
+async def test_soak_mixed_traffic_loses_nothing(local_url: str) -> None:
     """200,000 messages to 20 agents with 5% handler failures: every message is handled or
     dead-lettered, exactly accounted for."""
-    url = "memory://" if engine == "memory" else f"sqlite:///{tmp_path / 'soak.db'}"
     total, agents = 200_000, [f"agent_{i}" for i in range(20)]
     rng = random.Random(7)
     handled: set[str] = set()
     cfg = MessageBusConfig(
-        broker_url=url,
+        broker_url=local_url,
         max_queue_size=total,
         poll_interval=0.02,
         default_retry_policy={"max_attempts": 2, "initial_delay": 0.0},
@@ -53,18 +68,19 @@ async def test_soak_mixed_traffic_loses_nothing(engine: str, tmp_path: Path) -> 
                     )
                 )
             await bus.publish_batch(batch)
-        for _ in range(6000):
-            dead = sum([await bus.dead_letter_depth(a) for a in agents])
-            if len(handled) + dead == total:
-                break
-            await asyncio.sleep(0.1)
+
+        async def dead_letters() -> int:
+            return sum([await bus.dead_letter_depth(a) for a in agents])
+
+        async def accounted_for() -> bool:
+            return len(handled) + await dead_letters() == total
+
+        await eventually(accounted_for, 600, "every message handled or dead-lettered", interval=0.1)
         assert len(handled) == total - failing
-        assert dead == failing
+        assert await dead_letters() == failing
 
 
-async def test_soak_nats_requests_handed_off_lose_nothing(
-    nats_url: str, nats_namespace: str
-) -> None:
+async def test_soak_nats_requests_handed_off_lose_nothing(nats_engine_url: str) -> None:
     """3,000 requests, 50 at a time, to an agent served by two buses whose handler fails 5%
     of attempts; one responder bus stops half-way and a new one starts. Every request is
     answered or fails with RequestFailedError, each failure is a dead letter, none times out."""
@@ -72,10 +88,9 @@ async def test_soak_nats_requests_handed_off_lose_nothing(
 
     total = 3_000
     rng = random.Random(11)
-    url = f"{nats_url}?namespace={nats_namespace}"
 
     def config(**extra: object) -> MessageBusConfig:
-        return MessageBusConfig(broker_url=url, storage_url="memory://", **extra)  # type: ignore[arg-type]
+        return MessageBusConfig(broker_url=nats_engine_url, storage_url="memory://", **extra)  # type: ignore[arg-type]
 
     policy = {"max_attempts": 2, "initial_delay": 0.0}
 
@@ -170,10 +185,9 @@ async def test_soak_network_batches_lose_nothing(monkeypatch: pytest.MonkeyPatch
 
             await asyncio.gather(*(send(i) for i in range(total)))
             requests = a.pool.requests_sent - before
-            for _ in range(600):
-                if len(counts) == total:
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(
+                lambda: len(counts) == total, 30, "every message delivered", interval=0.05
+            )
             assert sorted(counts) == list(range(total))
             assert set(counts.values()) == {1}
             assert await a.get_failed_messages("me") == []

@@ -17,26 +17,24 @@ import pytest
 
 from AgentOperatingSystem.messaging.clock import SYSTEM_CLOCK, Clock
 from AgentOperatingSystem.messaging.errors import ConfigurationError, StorageError
+from AgentOperatingSystem.storage.base import StorageBackend
 from AgentOperatingSystem.storage.manager import (
-    StorageBackend,
     StorageManager,
     register_backend,
     registered_schemes,
 )
 from AgentOperatingSystem.storage.memory import MemoryStorageBackend
 from AgentOperatingSystem.storage.sqlite import SQLiteStorageBackend, path_from_url
-from tests.support.engines import engine_params, engine_url
 from tests.support.waiting import wait_until
 
 
-@pytest.fixture(params=engine_params())
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StorageManager]:
-    async with engine_url(request, request.param, tmp_path, name="store") as url:
-        manager = StorageManager(url)
-        try:
-            yield manager
-        finally:
-            await manager.close()
+@pytest.fixture
+async def store(each_engine_url: str) -> AsyncIterator[StorageManager]:
+    manager = StorageManager(each_engine_url)
+    try:
+        yield manager
+    finally:
+        await manager.close()
 
 
 class Boom(Exception):

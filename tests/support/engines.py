@@ -1,13 +1,16 @@
 """Engine URLs for tests that run once per engine (``memory``, ``sqlite``, ``nats``).
 
-Use :func:`engine_params` as a fixture's ``params`` (the NATS case carries the ``nats``
-marker) and :func:`engine_url` inside the fixture for a fresh place on that engine::
+The ``each_engine_url`` fixture (``tests/conftest.py`` makes it available everywhere) runs
+the test once per engine, each time with a fresh place on it::
 
-    @pytest.fixture(params=engine_params())
-    async def store(request, tmp_path):
-        async with engine_url(request, request.param, tmp_path, name="store") as url:
-            async with StorageManager(url) as manager:
-                yield manager
+    @pytest.fixture
+    async def store(each_engine_url: str) -> AsyncIterator[StorageManager]:
+        async with StorageManager(each_engine_url) as manager:
+            yield manager
+
+For another choice of engines, use :func:`engine_params` as a fixture's ``params`` (the NATS
+case carries the ``nats`` marker) and :func:`engine_url` inside the fixture, as
+``each_engine_url`` does.
 
 ``memory://`` is private to each bus or store; SQLite is a file in the test's ``tmp_path``;
 NATS is a new namespace on the session ``nats-server`` whose streams and buckets (queues,
@@ -31,6 +34,7 @@ __all__ = [
     "ENGINES",
     "LOCAL_ENGINES",
     "drop_nats_namespace",
+    "each_engine_url",
     "engine_params",
     "engine_url",
     "namespace_streams",
@@ -119,3 +123,10 @@ async def engine_url(
                 request.node.add_report_section("teardown", "nats", f"not dropped: {exc!r}")
     else:
         raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
+
+
+@pytest.fixture(params=engine_params())
+async def each_engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh place on each engine in turn: a test that uses it runs once per engine."""
+    async with engine_url(request, request.param, tmp_path) as url:
+        yield url

@@ -21,10 +21,15 @@ _STEP = 0.01
 
 
 async def eventually(
-    predicate: Callable[[], Any], timeout: float = 10.0, what: str = "the condition"
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    what: str = "the condition",
+    *,
+    interval: float = _STEP,
 ) -> None:
     """Return once ``predicate()`` (a bool, or an awaitable of one) is true; fail with
-    ``AssertionError`` naming ``what`` after ``timeout`` seconds."""
+    ``AssertionError`` naming ``what`` after ``timeout`` seconds. It is asked every
+    ``interval`` seconds (longer for a predicate that is costly to ask)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -35,7 +40,7 @@ async def eventually(
             return
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(_STEP)
+        await asyncio.sleep(interval)
 
 
 def wait_until(

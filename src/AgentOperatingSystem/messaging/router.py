@@ -29,21 +29,22 @@ with one of these strategies:
     target moves only about ``1/n`` of the keys, all of them to the new target, and removing
     one moves only the keys it held.
 
-Example::
+Example (the spec's own, in section 3.6, has a priority rule and a ``round_robin`` rule; this
+one weighs its targets, keeps conversations together and hands the router to a bus)::
 
     router = MessageRouter()
-    router.add_rule(
-        name="high_priority_to_ceo",
-        condition=lambda msg: msg.priority == MessagePriority.HIGH,
-        target="ceo_agent",
-    )
+    router.add_rule("urgent", lambda msg: msg.priority == MessagePriority.CRITICAL, "ceo_agent")
     router.add_load_balancing_rule(
-        name="analysis_tasks",
-        condition=lambda msg: msg.content.get("task_type") == "analysis",
-        targets=["analyst_1", "analyst_2", "analyst_3"],
-        strategy="round_robin",
+        "reports",
+        lambda msg: msg.content.get("task_type") == "report",
+        ["writer_1", "writer_2"],
+        "weighted",
+        weights={"writer_1": 3, "writer_2": 1},  # writer_1 gets 3 of every 4
     )
-    target_agent = router.route(message)
+    router.add_load_balancing_rule(  # a conversation's queries always reach the same agent
+        "support", is_support_query, ["support_1", "support_2"], "consistent_hash"
+    )
+    bus.router = router  # the bus asks it for every message without a recipient_id
 
 Errors: a bad rule, strategy, weight or target raises :class:`RouterError`, as does a condition
 or key function that raises while routing (chained with ``raise ... from``, naming the rule).

@@ -407,36 +407,49 @@ class CircuitBreaker:
     def _release(self, permit: _Permit, outcome: _Outcome) -> None:
         with self._lock:
             now = self._clock.monotonic()
-            stats = self._stats
             current = permit.generation == self._generation
             if current and permit.trial:
                 self._trials_running -= 1
-            changes: list[tuple[CircuitState, CircuitState]] = []
-            if outcome is _Outcome.SUCCESS:
-                stats.successes += 1
-                stats.consecutive_successes += 1
-                stats.consecutive_failures = 0
-                stats.last_success_at = now
-                if current and permit.trial:
-                    self._trial_successes += 1
-                    if self._trial_successes >= self.success_threshold:
-                        self._failure_times.clear()
-                        changes = self._transition(CircuitState.CLOSED, now)
-            elif outcome is _Outcome.FAILURE:
-                stats.failures += 1
-                stats.consecutive_failures += 1
-                stats.consecutive_successes = 0
-                stats.last_failure_at = now
-                if current and permit.trial:
-                    changes = self._transition(CircuitState.OPEN, now)
-                elif current and self._state is CircuitState.CLOSED:
-                    self._failure_times.append(now)
-                    self._prune(now)
-                    if len(self._failure_times) >= self.failure_threshold:
-                        changes = self._transition(CircuitState.OPEN, now)
-            else:
-                stats.ignored_errors += 1
+            self._count(outcome, now)
+            changes = self._judge(outcome, permit.trial, now) if current else []
         self._notify(changes)
+
+    def _count(self, outcome: _Outcome, now: float) -> None:
+        """Add a finished call to the counters (lock held)."""
+        stats = self._stats
+        if outcome is _Outcome.SUCCESS:
+            stats.successes += 1
+            stats.consecutive_successes += 1
+            stats.consecutive_failures = 0
+            stats.last_success_at = now
+        elif outcome is _Outcome.FAILURE:
+            stats.failures += 1
+            stats.consecutive_failures += 1
+            stats.consecutive_successes = 0
+            stats.last_failure_at = now
+        else:
+            stats.ignored_errors += 1
+
+    def _judge(
+        self, outcome: _Outcome, trial: bool, now: float
+    ) -> list[tuple[CircuitState, CircuitState]]:
+        """The transition a call admitted in the current state period brings (lock held): a
+        trial's success towards closing, its failure reopening; a failure while closed into
+        the window, opening the circuit at the threshold."""
+        if outcome is _Outcome.SUCCESS and trial:
+            self._trial_successes += 1
+            if self._trial_successes >= self.success_threshold:
+                self._failure_times.clear()
+                return self._transition(CircuitState.CLOSED, now)
+        elif outcome is _Outcome.FAILURE:
+            if trial:
+                return self._transition(CircuitState.OPEN, now)
+            if self._state is CircuitState.CLOSED:
+                self._failure_times.append(now)
+                self._prune(now)
+                if len(self._failure_times) >= self.failure_threshold:
+                    return self._transition(CircuitState.OPEN, now)
+        return []
 
     def _prune(self, now: float) -> None:
         horizon = now - self.window_seconds

@@ -33,30 +33,18 @@ from typing import Any, Callable
 from ..config.urls import NATS_SCHEMES
 from ..messaging.clock import SYSTEM_CLOCK, Clock
 from ..messaging.errors import ConfigurationError, StorageError
-from .base import (
-    BackendFactory,
-    KeyRows,
-    KeyValues,
-    LogEntries,
-    LogRows,
-    StorageBackend,
-    TextUpdater,
-)
+from . import base
+from .base import *  # noqa: F403  (the seam's names, importable from here too)
+from .base import BackendFactory, KeyValues, LogEntries, StorageBackend
 
 __all__ = [
-    "BackendFactory",
-    "KeyRows",
-    "KeyValues",
-    "LogEntries",
-    "LogRows",
-    "StorageBackend",
     "StorageManager",
-    "TextUpdater",
     "decode_value",
     "encode_value",
     "register_backend",
     "registered_schemes",
 ]
+__all__ += base.__all__
 
 _BACKENDS: dict[str, BackendFactory] = {}
 

@@ -23,7 +23,7 @@ import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from ..messaging.errors import ConfigurationError, StorageError
 from .base import KeyRows, LogRows, TextUpdater
@@ -31,6 +31,7 @@ from .base import KeyRows, LogRows, TextUpdater
 __all__ = ["SQLiteStorageBackend", "path_from_url"]
 
 T = TypeVar("T")
+_Row = tuple[Any, ...]
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS aos_kv (
@@ -46,6 +47,12 @@ _SCHEMA = (
         value TEXT NOT NULL,
         PRIMARY KEY (ns, stream, seq)
     ) WITHOUT ROWID""",
+)
+
+_SELECT_VALUE = "SELECT value FROM aos_kv WHERE ns = ? AND key = ?"
+_UPSERT = (
+    "INSERT INTO aos_kv (ns, key, value) VALUES (?, ?, ?) "
+    "ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value"
 )
 
 
@@ -228,82 +235,67 @@ class SQLiteStorageBackend:
             # Every job submitted before close_sync has finished (one worker, FIFO).
             executor.shutdown(wait=True)
 
+    async def _select(self, what: str, sql: str, params: tuple[object, ...]) -> list[_Row]:
+        """The rows of one query (retried while another process holds a lock)."""
+
+        def op(conn: sqlite3.Connection) -> list[_Row]:
+            return conn.execute(sql, params).fetchall()
+
+        return await self._run(self._read(what, op))
+
+    async def _change(self, what: str, sql: str, params: tuple[object, ...]) -> bool:
+        """Run one write statement in its own transaction; whether it changed a row."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute(sql, params).rowcount > 0
+
+        return await self._run(self._write(what, op))
+
     # -- keys --------------------------------------------------------------------------
 
     async def get(self, ns: str, key: str) -> str | None:
         """Return the stored text, or ``None``."""
-
-        def op(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute(
-                "SELECT value FROM aos_kv WHERE ns = ? AND key = ?", (ns, key)
-            ).fetchone()
-            return None if row is None else str(row[0])
-
-        return await self._run(self._read("get", op))
+        rows = await self._select("get", _SELECT_VALUE, (ns, key))
+        return str(rows[0][0]) if rows else None
 
     async def put(self, ns: str, key: str, text: str) -> None:
         """Store ``text`` under ``key``."""
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO aos_kv (ns, key, value) VALUES (?, ?, ?) "
-                "ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value",
-                (ns, key, text),
-            )
-
-        await self._run(self._write("put", op))
+        await self._change("put", _UPSERT, (ns, key, text))
 
     async def delete(self, ns: str, key: str) -> bool:
         """Remove ``key``; return whether it existed."""
-
-        def op(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute("DELETE FROM aos_kv WHERE ns = ? AND key = ?", (ns, key))
-            return cur.rowcount > 0
-
-        return await self._run(self._write("delete", op))
+        return await self._change(
+            "delete", "DELETE FROM aos_kv WHERE ns = ? AND key = ?", (ns, key)
+        )
 
     async def list(self, ns: str, prefix: str, limit: int | None) -> KeyRows:
         """Return ``(key, text)`` pairs under ``prefix``, sorted by key."""
-
-        def op(conn: sqlite3.Connection) -> KeyRows:
-            rows = conn.execute(
-                "SELECT key, value FROM aos_kv WHERE ns = ? AND key >= ? "
-                "AND substr(key, 1, ?) = ? ORDER BY key LIMIT ?",
-                (ns, prefix, len(prefix), prefix, -1 if limit is None else limit),
-            ).fetchall()
-            return [(str(k), str(v)) for k, v in rows]
-
-        return await self._run(self._read("list", op))
+        rows = await self._select(
+            "list",
+            "SELECT key, value FROM aos_kv WHERE ns = ? AND key >= ? "
+            "AND substr(key, 1, ?) = ? ORDER BY key LIMIT ?",
+            (ns, prefix, len(prefix), prefix, -1 if limit is None else limit),
+        )
+        return [(str(k), str(v)) for k, v in rows]
 
     async def update(self, ns: str, key: str, fn: TextUpdater) -> str:
         """Atomically replace the text with ``fn(current)`` in one immediate transaction."""
 
         def op(conn: sqlite3.Connection) -> str:
-            row = conn.execute(
-                "SELECT value FROM aos_kv WHERE ns = ? AND key = ?", (ns, key)
-            ).fetchone()
+            row = conn.execute(_SELECT_VALUE, (ns, key)).fetchone()
             new = fn(None if row is None else str(row[0]))
-            conn.execute(
-                "INSERT INTO aos_kv (ns, key, value) VALUES (?, ?, ?) "
-                "ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value",
-                (ns, key, new),
-            )
+            conn.execute(_UPSERT, (ns, key, new))
             return new
 
         return await self._run(self._write("update", op))
 
     async def put_if_absent(self, ns: str, key: str, text: str) -> bool:
         """Store ``text`` only if ``key`` is absent."""
-
-        def op(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                "INSERT INTO aos_kv (ns, key, value) VALUES (?, ?, ?) "
-                "ON CONFLICT (ns, key) DO NOTHING",
-                (ns, key, text),
-            )
-            return cur.rowcount > 0
-
-        return await self._run(self._write("put_if_absent", op))
+        return await self._change(
+            "put_if_absent",
+            "INSERT INTO aos_kv (ns, key, value) VALUES (?, ?, ?) ON CONFLICT (ns, key) DO NOTHING",
+            (ns, key, text),
+        )
 
     # -- logs --------------------------------------------------------------------------
 
@@ -322,16 +314,13 @@ class SQLiteStorageBackend:
 
     async def read_log(self, ns: str, stream: str, start: int, limit: int | None) -> LogRows:
         """Return entries from ``start`` on, at most ``limit``."""
-
-        def op(conn: sqlite3.Connection) -> LogRows:
-            rows = conn.execute(
-                "SELECT seq, value FROM aos_log WHERE ns = ? AND stream = ? AND seq >= ? "
-                "ORDER BY seq LIMIT ?",
-                (ns, stream, start, -1 if limit is None else limit),
-            ).fetchall()
-            return [(int(s), str(v)) for s, v in rows]
-
-        return await self._run(self._read("read_log", op))
+        rows = await self._select(
+            "read_log",
+            "SELECT seq, value FROM aos_log WHERE ns = ? AND stream = ? AND seq >= ? "
+            "ORDER BY seq LIMIT ?",
+            (ns, stream, start, -1 if limit is None else limit),
+        )
+        return [(int(s), str(v)) for s, v in rows]
 
     async def log_length(self, ns: str, stream: str) -> int:
         """Return the number of entries."""
@@ -343,16 +332,12 @@ class SQLiteStorageBackend:
 
     async def read_log_tail(self, ns: str, stream: str, n: int) -> LogRows:
         """Return the last ``n`` entries, oldest first."""
-
-        def op(conn: sqlite3.Connection) -> LogRows:
-            rows = conn.execute(
-                "SELECT seq, value FROM aos_log WHERE ns = ? AND stream = ? "
-                "ORDER BY seq DESC LIMIT ?",
-                (ns, stream, n),
-            ).fetchall()
-            return [(int(s), str(v)) for s, v in reversed(rows)]
-
-        return await self._run(self._read("read_log_tail", op))
+        rows = await self._select(
+            "read_log_tail",
+            "SELECT seq, value FROM aos_log WHERE ns = ? AND stream = ? ORDER BY seq DESC LIMIT ?",
+            (ns, stream, n),
+        )
+        return [(int(s), str(v)) for s, v in reversed(rows)]
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import urllib.parse
+from typing import Any
 
 from .client import client_of, quote
-from .output import EXIT_OK, CLIError, clip, print_json, table
+from .output import EXIT_OK, CLIError, clip, print_json, print_listing
 
 __all__ = ["cmd_conversations_list", "cmd_conversations_show"]
 
@@ -20,24 +21,18 @@ def cmd_conversations_list(args: argparse.Namespace) -> int:
     if not data.get("available", True):
         raise CLIError("this node has no conversation storage")
     convs = data["conversations"]
-    if args.json:
-        print_json(convs)
-        return EXIT_OK
-    if not convs:
-        print("no conversations")
-        return EXIT_OK
-    rows = [
-        [
-            c["conversation_id"],
-            clip(c.get("topic"), 30),
-            str(c.get("state")),
-            str(c.get("message_count")),
-            ",".join(c.get("participants") or []),
-        ]
-        for c in convs
+    head = ["ID", "TOPIC", "STATE", "TURNS", "PARTICIPANTS"]
+    return print_listing(args.json, convs, _conversation_row, head, "no conversations")
+
+
+def _conversation_row(c: dict[str, Any]) -> list[str]:
+    return [
+        c["conversation_id"],
+        clip(c.get("topic"), 30),
+        str(c.get("state")),
+        str(c.get("message_count")),
+        ",".join(c.get("participants") or []),
     ]
-    print(table(rows, ["ID", "TOPIC", "STATE", "TURNS", "PARTICIPANTS"]))
-    return EXIT_OK
 
 
 def cmd_conversations_show(args: argparse.Namespace) -> int:

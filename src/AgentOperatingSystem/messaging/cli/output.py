@@ -1,5 +1,5 @@
 """What ``aos-messaging`` prints and how it exits: exit codes, :class:`CLIError`,
-:class:`Progress` and the JSON, table and clipping helpers every command uses.
+:class:`Progress` and the JSON, table, listing and clipping helpers every command uses.
 
 Exit codes: 0 success; 1 an error (the node is unreachable, refused the request, a request
 timed out, nothing matched); 2 wrong usage; 130 interrupted with Ctrl-C.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import IO, Any
+from typing import IO, Any, Callable, TypeVar
 
 __all__ = [
     "EXIT_ERROR",
@@ -22,6 +22,7 @@ __all__ = [
     "Progress",
     "clip",
     "print_json",
+    "print_listing",
     "table",
 ]
 
@@ -29,6 +30,8 @@ PROG = "aos-messaging"
 """The program's name, as usage lines and error messages show it."""
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_T = TypeVar("_T")
 
 
 class CLIError(Exception):
@@ -91,6 +94,26 @@ class Progress:
 def print_json(data: Any) -> None:
     """Print ``data`` as indented JSON on stdout (what ``--json`` asks for)."""
     print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def print_listing(
+    as_json: bool,
+    items: list[_T],
+    row: Callable[[_T], list[str]],
+    head: list[str],
+    empty: str,
+    *,
+    shown: Any = None,
+) -> int:
+    """What a listing command prints: with ``--json`` (``as_json``) the items (or ``shown``,
+    when given) as JSON; else one ``row`` per item under ``head``, or ``empty`` when there
+    is none. Returns EXIT_OK."""
+    if as_json:
+        print_json(items if shown is None else shown)
+        return EXIT_OK
+    rows = [row(item) for item in items]
+    print(table(rows, head) if rows else empty)
+    return EXIT_OK
 
 
 def table(rows: list[list[str]], head: list[str]) -> str:

@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from .client import DEFAULT_NODE, NODE_ENV, TOKEN_ENV
 from .conversations import cmd_conversations_list, cmd_conversations_show
@@ -32,6 +32,8 @@ __all__ = ["COMMANDS", "NODE_ARGS", "Arg", "Command", "build_parser"]
 
 Run = Callable[[argparse.Namespace], int]
 """A command's function: parsed arguments in, exit code out."""
+
+_N = TypeVar("_N", int, float)
 
 
 class Arg:
@@ -96,34 +98,29 @@ class Command:
 # ---------------------------------------------------------------------------- value types
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
+def _number(
+    convert: Callable[[str], _N], noun: str, valid: Callable[[_N], bool], rule: str
+) -> Callable[[str], _N]:
+    """An argparse ``type``: ``convert(text)``, refused as "not ``noun``" when it fails and
+    with ``rule`` when the value is not ``valid``."""
+
+    def parse(text: str) -> _N:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(rule)
+        return value
+
+    return parse
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError("a port is 0..65535 (0: any free port)")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
+_positive_int = _number(int, "an integer", lambda v: v >= 1, "must be >= 1")
+_port = _number(
+    int, "a port number", lambda v: 0 <= v <= 65535, "a port is 0..65535 (0: any free port)"
+)
+_positive_float = _number(float, "a number", lambda v: v > 0, "must be > 0")
 
 
 # ---------------------------------------------------------------------------- the table

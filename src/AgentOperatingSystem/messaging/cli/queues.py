@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import urllib.parse
+from typing import Any
 
 from .client import client_of, quote
 from .output import (
@@ -17,7 +18,7 @@ from .output import (
     Progress,
     clip,
     print_json,
-    table,
+    print_listing,
 )
 
 __all__ = ["cmd_dlq_list", "cmd_dlq_purge", "cmd_dlq_resubmit", "cmd_dlq_show", "cmd_queues"]
@@ -26,18 +27,12 @@ __all__ = ["cmd_dlq_list", "cmd_dlq_purge", "cmd_dlq_resubmit", "cmd_dlq_show", 
 def cmd_queues(args: argparse.Namespace) -> int:
     """``queues``: the agents' queues with depth, dead letters and whether one consumes."""
     data = client_of(args).call("GET", "/admin/queues" + ("?all=1" if args.all else ""))
-    if args.json:
-        print_json(data)
-        return EXIT_OK
-    rows = [
-        [q["agent"], str(q["depth"]), str(q["dead_letters"]), "yes" if q["subscribed"] else ""]
-        for q in data["queues"]
-    ]
-    if not rows:
-        print("no queues")
-        return EXIT_OK
-    print(table(rows, ["AGENT", "DEPTH", "DEAD", "CONSUMER"]))
-    return EXIT_OK
+    head = ["AGENT", "DEPTH", "DEAD", "CONSUMER"]
+    return print_listing(args.json, data["queues"], _queue_row, head, "no queues", shown=data)
+
+
+def _queue_row(q: dict[str, Any]) -> list[str]:
+    return [q["agent"], str(q["depth"]), str(q["dead_letters"]), "yes" if q["subscribed"] else ""]
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
@@ -47,25 +42,19 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
         query["agent"] = args.agent
     data = client_of(args).call("GET", "/admin/dlq?" + urllib.parse.urlencode(query))
     letters = data["dead_letters"]
-    if args.json:
-        print_json(letters)
-        return EXIT_OK
-    if not letters:
-        print("no dead letters")
-        return EXIT_OK
-    rows = [
-        [
-            d["agent"],
-            d["message_id"],
-            d["message_type"],
-            str(d.get("reason") or ""),
-            str(d.get("attempts") if d.get("attempts") is not None else ""),
-            clip(d.get("error"), 60),
-        ]
-        for d in letters
+    head = ["AGENT", "MESSAGE_ID", "TYPE", "REASON", "ATTEMPTS", "LAST_ERROR"]
+    return print_listing(args.json, letters, _dead_letter_row, head, "no dead letters")
+
+
+def _dead_letter_row(d: dict[str, Any]) -> list[str]:
+    return [
+        d["agent"],
+        d["message_id"],
+        d["message_type"],
+        str(d.get("reason") or ""),
+        str(d.get("attempts") if d.get("attempts") is not None else ""),
+        clip(d.get("error"), 60),
     ]
-    print(table(rows, ["AGENT", "MESSAGE_ID", "TYPE", "REASON", "ATTEMPTS", "LAST_ERROR"]))
-    return EXIT_OK
 
 
 def cmd_dlq_show(args: argparse.Namespace) -> int:

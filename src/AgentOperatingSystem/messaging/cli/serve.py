@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable
 
 from .output import EXIT_OK, PROG, CLIError
@@ -24,6 +24,9 @@ _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 @dataclass
 class _ServeOptions:
+    """What ``serve`` was asked for: the keyword arguments of :class:`Node` (the fields have
+    their names) and ``trace_console``."""
+
     broker_url: str | None
     data_dir: str | None
     storage_url: str | None
@@ -35,6 +38,18 @@ class _ServeOptions:
     node_id: str | None
     tracing: bool
     trace_console: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> _ServeOptions:
+        """The options as the command line parsed them (the fields' names are its dests)."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+    def node_options(self) -> dict[str, Any]:
+        """:class:`Node`'s keyword arguments (``--trace-console`` turns tracing on too)."""
+        options = asdict(self)
+        del options["trace_console"]
+        options["tracing"] = self.tracing or self.trace_console
+        return options
 
 
 class Node:
@@ -92,7 +107,7 @@ class Node:
 
     async def start(self) -> Node:
         """Start the bus, add the dashboard, admin API and /metrics, and serve."""
-        from ..observability.telemetry import install_metrics
+        from ..observability.http import install_metrics
         from ..web.dashboard import install_dashboard
 
         await self.bus.start()
@@ -146,18 +161,7 @@ async def _start_node(opts: _ServeOptions) -> Node:
     from ..errors import MessagingError
 
     try:
-        node = Node(
-            broker_url=opts.broker_url,
-            data_dir=opts.data_dir,
-            storage_url=opts.storage_url,
-            host=opts.host,
-            port=opts.port,
-            token=opts.token,
-            auth_secret=opts.auth_secret,
-            allow_unsigned=opts.allow_unsigned,
-            node_id=opts.node_id,
-            tracing=opts.tracing or opts.trace_console,
-        )
+        node = Node(**opts.node_options())
         await node.start()
     except MessagingError as exc:
         raise CLIError(str(exc)) from None
@@ -210,19 +214,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     shutdown: Callable[[], None] | None = None
     if args.trace_console:
         shutdown = _setup_console_tracing()
-    opts = _ServeOptions(
-        broker_url=args.broker_url,
-        data_dir=args.data_dir,
-        storage_url=args.storage_url,
-        host=args.host,
-        port=args.port,
-        token=args.token,
-        auth_secret=args.auth_secret,
-        allow_unsigned=args.allow_unsigned,
-        node_id=args.node_id,
-        tracing=args.tracing,
-        trace_console=args.trace_console,
-    )
+    opts = _ServeOptions.from_args(args)
     try:
         return asyncio.run(_serve(opts))
     finally:

@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from ..errors import MessagingError
-from ..observability.telemetry import BusTelemetry, _MetricsOn
+from ..observability.bus_telemetry import telemetry_for
 from .admin import AdminAPI, message_to_dict
 from .events import EventHub
 from .jsonapi import HTTPError, error_response, status_of
@@ -120,13 +120,7 @@ def install_dashboard(
     Returns the :class:`EventHub` behind ``/admin/tail``.
     """
     secret = token if token is not None else os.environ.get(ADMIN_TOKEN_ENV) or None
-    telemetry = getattr(bus, "telemetry", None)
-    if telemetry is None:
-        telemetry = BusTelemetry(
-            _MetricsOn(getattr(bus, "config", None)), clock=getattr(bus, "clock", None)
-        )
-        bus.telemetry = telemetry
-    hub = EventHub(telemetry if isinstance(telemetry, BusTelemetry) else None)
+    hub = EventHub(telemetry_for(bus))
     api = AdminAPI(bus, storage, hub, node_info or {})
 
     r = app.router

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..observability.telemetry import BusTelemetry
+from ..observability.bus_telemetry import BusTelemetry
 
 __all__ = ["EventHub", "StreamClient"]
 
