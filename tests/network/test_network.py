@@ -16,12 +16,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from AgentOperatingSystem.config.forwarding import Forwarded
 from AgentOperatingSystem.config.network import (
     NetworkConfig,
     NetworkSettings,
     PoolConfig,
     RetryConfig,
-    _Flat,
 )
 from AgentOperatingSystem.messaging.clock import ManualClock
 from AgentOperatingSystem.messaging.codec.envelope import encode
@@ -137,7 +137,7 @@ def test_config_groups_take_and_read_every_flat_setting() -> None:
     # every flat keyword is a setting of one group, taken and read by its flat name
     defaults = NetworkConfig()
     assert set(NetworkSettings.__annotations__) == {
-        name for name in dir(NetworkConfig) if isinstance(vars(NetworkConfig).get(name), _Flat)
+        name for name in dir(NetworkConfig) if isinstance(vars(NetworkConfig).get(name), Forwarded)
     }
     for name in NetworkSettings.__annotations__:
         value = getattr(defaults, name)

@@ -24,10 +24,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Generic, Sequence, TypedDict, TypeVar, Unpack, overload
+from typing import Any, Sequence, TypedDict, Unpack
 from urllib.parse import urlsplit
 
 from ..messaging.errors import ConfigurationError
+from .forwarding import Forwarded
 
 __all__ = [
     "A2AConfig",
@@ -47,7 +48,6 @@ __all__ = [
 #: Shortest accepted shared secret, in bytes.
 MIN_SECRET_BYTES = 16
 
-_T = TypeVar("_T")
 
 
 # ---------------------------------------------------------------------------- checks
@@ -362,34 +362,6 @@ class NetworkKeywords(NetworkSettings, total=False):
     a2a: A2AConfig | None
 
 
-class _Flat(Generic[_T]):
-    """A flat setting of :class:`NetworkConfig`, read and written in its group."""
-
-    __slots__ = ("field", "group")
-
-    def __init__(self, group: str, name: str | None = None) -> None:
-        self.group = group
-        self.field = name or ""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.field = self.field or name
-
-    @overload
-    def __get__(self, obj: None, owner: type) -> _Flat[_T]: ...
-
-    @overload
-    def __get__(self, obj: NetworkConfig, owner: type) -> _T: ...
-
-    def __get__(self, obj: NetworkConfig | None, owner: type) -> _T | _Flat[_T]:
-        if obj is None:
-            return self
-        value: _T = getattr(getattr(obj, self.group), self.field)
-        return value
-
-    def __set__(self, obj: NetworkConfig, value: _T) -> None:
-        setattr(getattr(obj, self.group), self.field, value)
-
-
 _GROUPS: dict[str, type[Any]] = {
     "server": ServerConfig,
     "auth": AuthConfig,
@@ -437,7 +409,7 @@ class NetworkConfig:
             flat = _FLAT.get(name)
             if flat is None:
                 raise TypeError(f"NetworkConfig got an unexpected keyword argument {name!r}")
-            changes[flat.group][flat.field] = value
+            changes[flat.part][flat.attribute] = value
         for name, cls in _GROUPS.items():
             group, own = given.get(name), changes[name]
             if group is None:
@@ -456,38 +428,38 @@ class NetworkConfig:
 
     # -- flat names, each read and written in its group ----------------------------------
 
-    host = _Flat[str]("server")
-    port = _Flat[int]("server")
-    public_url = _Flat[str | None]("server")
-    node_id = _Flat[str | None]("server")
-    max_body_bytes = _Flat[int]("server")
-    shutdown_timeout = _Flat[float]("server")
-    auth_secret = _Flat[str | bytes | None]("auth")
-    previous_auth_secrets = _Flat[Sequence[str | bytes]]("auth")
-    allow_unsigned = _Flat[bool]("auth")
-    signature_max_age = _Flat[float]("auth")
-    max_connections = _Flat[int]("pool")
-    max_connections_per_host = _Flat[int]("pool")
-    idle_timeout = _Flat[float]("pool")
-    connect_timeout = _Flat[float]("pool")
-    request_timeout = _Flat[float]("pool")
-    max_retries = _Flat[int]("retry")
-    retry_initial_delay = _Flat[float]("retry", "initial_delay")
-    retry_backoff_multiplier = _Flat[float]("retry", "backoff_multiplier")
-    retry_max_delay = _Flat[float]("retry", "max_delay")
-    retry_jitter = _Flat[float]("retry", "jitter")
-    circuit_failure_threshold = _Flat[int]("circuit", "failure_threshold")
-    circuit_window_seconds = _Flat[float]("circuit", "window_seconds")
-    circuit_recovery_timeout = _Flat[float]("circuit", "recovery_timeout")
-    batch_after = _Flat[int]("batching")
-    max_batch = _Flat[int]("batching")
-    storage_url = _Flat[str | None]("registry")
-    registry_cache_seconds = _Flat[float]("registry", "cache_seconds")
-    outbox_poll_interval = _Flat[float]("outbox", "poll_interval")
-    a2a_enabled = _Flat[bool]("a2a", "enabled")
-    a2a_auth_token = _Flat[str | None]("a2a", "auth_token")
-    a2a_request_timeout = _Flat[float]("a2a", "request_timeout")
-    a2a_max_tasks = _Flat[int]("a2a", "max_tasks")
+    host = Forwarded[str]("server")
+    port = Forwarded[int]("server")
+    public_url = Forwarded[str | None]("server")
+    node_id = Forwarded[str | None]("server")
+    max_body_bytes = Forwarded[int]("server")
+    shutdown_timeout = Forwarded[float]("server")
+    auth_secret = Forwarded[str | bytes | None]("auth")
+    previous_auth_secrets = Forwarded[Sequence[str | bytes]]("auth")
+    allow_unsigned = Forwarded[bool]("auth")
+    signature_max_age = Forwarded[float]("auth")
+    max_connections = Forwarded[int]("pool")
+    max_connections_per_host = Forwarded[int]("pool")
+    idle_timeout = Forwarded[float]("pool")
+    connect_timeout = Forwarded[float]("pool")
+    request_timeout = Forwarded[float]("pool")
+    max_retries = Forwarded[int]("retry")
+    retry_initial_delay = Forwarded[float]("retry", "initial_delay")
+    retry_backoff_multiplier = Forwarded[float]("retry", "backoff_multiplier")
+    retry_max_delay = Forwarded[float]("retry", "max_delay")
+    retry_jitter = Forwarded[float]("retry", "jitter")
+    circuit_failure_threshold = Forwarded[int]("circuit", "failure_threshold")
+    circuit_window_seconds = Forwarded[float]("circuit", "window_seconds")
+    circuit_recovery_timeout = Forwarded[float]("circuit", "recovery_timeout")
+    batch_after = Forwarded[int]("batching")
+    max_batch = Forwarded[int]("batching")
+    storage_url = Forwarded[str | None]("registry")
+    registry_cache_seconds = Forwarded[float]("registry", "cache_seconds")
+    outbox_poll_interval = Forwarded[float]("outbox", "poll_interval")
+    a2a_enabled = Forwarded[bool]("a2a", "enabled")
+    a2a_auth_token = Forwarded[str | None]("a2a", "auth_token")
+    a2a_request_timeout = Forwarded[float]("a2a", "request_timeout")
+    a2a_max_tasks = Forwarded[int]("a2a", "max_tasks")
 
     # -- derived -------------------------------------------------------------------------
 
@@ -512,6 +484,6 @@ class NetworkConfig:
 
 
 #: Every flat setting by name (the descriptors above).
-_FLAT: dict[str, _Flat[Any]] = {
-    name: value for name, value in vars(NetworkConfig).items() if isinstance(value, _Flat)
+_FLAT: dict[str, Forwarded[Any]] = {
+    name: value for name, value in vars(NetworkConfig).items() if isinstance(value, Forwarded)
 }

@@ -10,8 +10,9 @@ setting of the facade that one of its collaborators keeps.
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar, overload
+from typing import TypeVar
 
+from ...config.forwarding import Forwarded
 from ..types import Message
 from .backend import DeadLetterStore, EntityAdmin
 from .entities import (
@@ -23,37 +24,9 @@ from .entities import (
 )
 from .sqlfilter import Filter
 
-__all__ = ["DelegatingBackend", "Forwarded"]
+__all__ = ["DelegatingBackend", "Forwarded"]  # Forwarded: from config.forwarding
 
 T = TypeVar("T")
-
-
-class Forwarded(Generic[T]):
-    """A read-write attribute of a facade that a collaborator keeps: ``facade.name`` reads
-    and writes ``facade.<collaborator>.<attribute>``, so the two never disagree.
-
-    ``poll = Forwarded[float]("_catalog", "poll_seconds", "How often ...")`` in a class body.
-    """
-
-    def __init__(self, collaborator: str, attribute: str, doc: str) -> None:
-        self._collaborator = collaborator
-        self._attribute = attribute
-        self.__doc__ = doc
-
-    @overload
-    def __get__(self, instance: None, owner: type[Any]) -> Forwarded[T]: ...
-
-    @overload
-    def __get__(self, instance: object, owner: type[Any] | None = None) -> T: ...
-
-    def __get__(self, instance: object, owner: type[Any] | None = None) -> Forwarded[T] | T:
-        if instance is None:
-            return self
-        value: T = getattr(getattr(instance, self._collaborator), self._attribute)
-        return value
-
-    def __set__(self, instance: object, value: T) -> None:
-        setattr(getattr(instance, self._collaborator), self._attribute, value)
 
 
 class DelegatingBackend:
