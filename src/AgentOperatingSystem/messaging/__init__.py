@@ -33,7 +33,7 @@ _EXPORTS: dict[str, str] = {
     "MessageRouter": ".router",
     "ConversationSystem": ".conversation_system",
     "NetworkProtocol": ".network.node",
-    "ConnectionPool": ".network.node",
+    "ConnectionPool": ".network.pool",
     "NetworkConfig": "..config.network",
     "ServiceBusManager": ".servicebus.manager",
     "CircuitBreaker": "..reliability.circuit_breaker",

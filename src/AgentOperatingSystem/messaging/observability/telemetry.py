@@ -77,7 +77,7 @@ __all__ = [
     "MetricsRegistry",
     "Sample",
     "TelemetryListener",
-    "_MetricsOn",  # the old name of MetricsOn, which the dashboard imports from here
+    "_MetricsOn",  # the old name of MetricsOn (the dashboard now calls telemetry_for)
     "extract_trace_context",
     "http_trace_headers",
     "install_metrics",
