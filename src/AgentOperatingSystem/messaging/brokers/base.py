@@ -2,7 +2,7 @@
 
 The bus decides delivery policy (retry and backoff, max attempts, TTL, dedup, exactly-once);
 an engine only stores envelopes in named queues and hands them out under a lock. Every engine
-passes the same contract suite in ``tests/contract/``.
+passes the same contract suite in ``tests/brokers/contract/``.
 
 Times (``available_at``, ``expires_at``, lock deadlines) are epoch seconds from the engine's
 clock. A queue is created on first use. Message ids are unique among a queue's live messages.
@@ -221,9 +221,20 @@ class Broker(Protocol):
         """Queues bound to ``topic``."""
         ...
 
-    async def wait(self, queue: str, timeout: float) -> None:
-        """Return when messages may have become available in ``queue``, or after ``timeout``
-        seconds of real time, whichever is first."""
+    async def wait(self, queue: str, timeout: float | None) -> None:
+        """Return when something may be receivable from ``queue``: a send or release to it from any
+        process sharing the engine, a due time the engine knows (a delayed message or a release
+        backoff coming due, a lock expiring), the engine closing, or after ``timeout`` seconds
+        when it is not None. With None there is no periodic wake-up apart from the engine's own
+        slow safety poll (seconds, not per agent: one structure per engine).
+
+        A wake-up may be spurious (a receive after it may find nothing); a missed one is a bug.
+        """
+        ...
+
+    async def prepare(self, queue: str) -> None:
+        """Set up what consuming ``queue`` needs (server-side consumers, subscriptions, watches) so
+        that the first receive finds it ready. Idempotent; cheap when already prepared."""
         ...
 
     async def close(self) -> None:

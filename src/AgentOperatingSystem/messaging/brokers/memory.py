@@ -5,9 +5,13 @@ arrive in order, so no heap and no per-message heap item) plus a heap ordered by
 arrival) for the ones that come back (released, lock expired, delay over); receive takes
 whichever of the two comes first. A heap of delayed messages is ordered by availability
 time, and the locked ones are kept with their lock deadlines; lock expiry is applied
-lazily on receive. Messages published without encoding (no compression, encryption or signature) are
-kept as the very :class:`Message` object the publisher passed: treat delivered messages as
-read-only.
+lazily on receive. Messages published without encoding (no compression, encryption or
+signature) are kept as the very :class:`Message` object the publisher passed: treat
+delivered messages as read-only.
+
+An idle consumer parks a future in its queue's ``waiters`` (no timer); a send or release to
+the queue wakes it, and the next due time of a queue that is waited on (a delay or backoff
+ending, a lock expiring) is set in the engine's one timer (:class:`~.wakeups.Wakeups`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from ..errors import BrokerClosedError, DuplicateMessageError, QueueFullError
 from ..policy import DEFAULT_OPTIONS, DeliveryOptions
 from ..types import Message
 from .base import DeadLetter, Delivery, Envelope, SettlementRef
+from .wakeups import Wakeups
 
 __all__ = ["MemoryBroker"]
 
@@ -161,6 +166,14 @@ class MemoryBroker:
         self._processed_order: deque[tuple[float, str]] = deque()
         self._bindings: dict[str, dict[str, None]] = {}
         self._closed = False
+        #: the engine's one timer of due times (waiters stay in each queue's ``waiters``)
+        self.wakeups = Wakeups(clock, "aos-memory-timer", on_due=self._due)
+
+    def _due(self, queue: str) -> None:
+        """A due time of ``queue`` came: wake its waiters."""
+        q = self._queues.get(queue)
+        if q is not None and q.waiters:
+            self._notify(q)
 
     def _q(self, queue: str) -> _Queue:
         q = self._queues.get(queue)
@@ -284,6 +297,8 @@ class MemoryBroker:
         q.live[env.message_id] = entry
         if env.available_at > now:
             heapq.heappush(q.delayed, (env.available_at, seq, entry))
+            if q.waiters:
+                self.wakeups.at(env.queue, env.available_at)
         else:
             q.append(entry)
         if env.dedup_key is not None and dedup_window > 0:
@@ -331,6 +346,8 @@ class MemoryBroker:
             entry.locked_until = until
             inflight[entry.message_id] = entry
         heapq.heappush(q.lock_heap, (until, next(self._seq), token, out))
+        if q.waiters:  # another consumer waits on this queue: wake it if the lock expires
+            self.wakeups.at(queue, until)
         return list(out)
 
     def _locked(self, q: _Queue, s: SettlementRef) -> _Entry | None:
@@ -402,6 +419,8 @@ class MemoryBroker:
         if delay > 0:
             entry.available_at = now + delay
             heapq.heappush(q.delayed, (entry.available_at, entry.seq, entry))
+            if q.waiters:
+                self.wakeups.at(queue, entry.available_at)
         else:
             heapq.heappush(q.ready, (entry.priority, entry.seq, entry))
             self._notify(q)
@@ -566,20 +585,34 @@ class MemoryBroker:
         self._check()
         return list(self._bindings.get(topic, ()))
 
-    async def wait(self, queue: str, timeout: float) -> None:
-        """Return on the next publish/release to the queue, or after ``timeout`` seconds."""
+    async def prepare(self, queue: str) -> None:
+        """Create the queue (nothing else to set up in process)."""
+        self._check()
+        self._q(queue)
+
+    async def wait(self, queue: str, timeout: float | None) -> None:
+        """Return on the next send/release to the queue, at its next due time (a delay or
+        backoff ending, a lock expiring: set in the engine's one timer), on close, or after
+        ``timeout`` seconds (None: no timeout). An idle wait is a parked future, no timer."""
         self._check()
         q = self._q(queue)
         if q.fresh_count or q.ready:  # something may be ready (stale items count too)
             return
+        if q.delayed or q.lock_heap:
+            due = _next_due(q)
+            if due is not None:
+                if due <= self._clock.now():
+                    return
+                self.wakeups.at(queue, due)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         q.waiters.add(fut)
-        handle = loop.call_later(max(0.0, timeout), _wake, fut)
+        handle = loop.call_later(max(0.0, timeout), _wake, fut) if timeout is not None else None
         try:
             await fut
         finally:
-            handle.cancel()
+            if handle is not None:
+                handle.cancel()
             q.waiters.discard(fut)
 
     async def close(self) -> None:
@@ -590,6 +623,7 @@ class MemoryBroker:
         for q in self._queues.values():
             self._notify(q)
         self._queues.clear()
+        await self.wakeups.close()
 
 
 def _duplicate(queue: str, message_id: str) -> DuplicateMessageError:
@@ -598,6 +632,22 @@ def _duplicate(queue: str, message_id: str) -> DuplicateMessageError:
 
 def _full(queue: str, max_depth: int) -> QueueFullError:
     return QueueFullError(f"queue {queue!r} is full ({max_depth} messages); publish refused")
+
+
+def _next_due(q: _Queue) -> float | None:
+    """The earliest time something of ``q`` becomes receivable by time alone: a delayed
+    message's availability or a lock's deadline (lock records whose messages were all settled
+    or renewed past them are dropped first)."""
+    locks = q.lock_heap
+    while locks:
+        until, _, token, entries = locks[0]
+        if any(e.token == token and e.locked_until <= until for e in entries):
+            break
+        heapq.heappop(locks)
+    due: float | None = locks[0][0] if locks else None
+    if q.delayed and (due is None or q.delayed[0][0] < due):
+        due = q.delayed[0][0]
+    return due
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

@@ -5,7 +5,9 @@ A :class:`Consumer` reads one queue. What it does with an admitted message is it
 stream's buffer); everything else is the same for all three:
 
 * **receive** up to ``batch`` messages under a lock (``max_concurrency`` free slots when
-  handlers run concurrently); an empty queue is waited on with the engine's ``wait``;
+  handlers run concurrently); an empty queue is waited on with the engine's
+  ``wait(queue, None)``: no timer of its own, the engine wakes it (a send or release, from
+  any process on the engine, or a due time: see :meth:`~..brokers.base.Broker.wait`);
 * **admit** (:class:`~.admit.Admission`): a plain in-process delivery needs no check,
   anything else is decoded and checked, and dead-lettered with a reason when it must not
   reach ``handle``;
@@ -96,7 +98,7 @@ class Consumer:
             if self.drained and not broker.needs_bytes and self.open and not core.stopping:
                 # In-process engine, queue empty after this batch: wait for the next publish
                 # (its wait() returns at once when something arrived meanwhile).
-                await broker.wait(queue, core.config.poll_interval)
+                await broker.wait(queue, None)
         if self.running:
             await asyncio.gather(*self.running, return_exceptions=True)
         await self.release_held()
@@ -127,11 +129,14 @@ class Consumer:
         except BrokerError:
             self.busy = False
             log.exception("receive from %s failed; retrying", queue)
-            await asyncio.sleep(core.config.poll_interval)
+            await asyncio.sleep(core.config.poll_interval)  # the back-off after a failure
             return True
         if not batch:
             self.busy = False
-            await broker.wait(queue, core.config.poll_interval)
+            # closed during the receive (close() could not cancel a busy loop): end here, as
+            # nothing but the engine would wake the wait
+            if self.open and not core.stopping:
+                await broker.wait(queue, None)  # woken by the engine, never by a timer here
             return True
         held = self.held
         for d in batch:

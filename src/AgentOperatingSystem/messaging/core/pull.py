@@ -72,12 +72,11 @@ class Pull:
             msgs = await self.get_messages(agent_id, 1)
             if msgs:
                 return msgs[0]
-            remaining = core.config.poll_interval
+            remaining: float | None = None
             if deadline is not None:
-                left = deadline - loop.time()
-                if left <= 0:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
                     return None
-                remaining = min(remaining, left)
             await broker.wait(agent_id, remaining)
 
     def _take(self, message_id: str, agent_id: str | None) -> tuple[str, Delivery]:

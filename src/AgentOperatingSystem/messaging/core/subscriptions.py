@@ -230,6 +230,8 @@ class Subscriptions:
             [None] if message_types is None else [MessageType.coerce(t) for t in message_types]
         )
         await self._admit_types(agent_id, types)
+        # ready when subscribe() returns: what consuming needs is set up before the loop runs
+        await self._core.engine.prepare(agent_id)
         sub = self.subs.get(agent_id)
         if sub is None:
             sub = Subscription(agent_id, {}, max_concurrency)

@@ -1,9 +1,11 @@
 """The :class:`SqliteBroker` facade: the seam's coroutines, each one operation queued to the
-:class:`~.writer.Writer`, plus in-process wake-ups for :meth:`SqliteBroker.wait`."""
+:class:`~.writer.Writer`; :meth:`SqliteBroker.wait` is :class:`~.waiting.Waiting`'s (wake-ups
+from this process, the other processes on the file, due times, and one safety poll)."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -16,7 +18,8 @@ from . import dead_letters as _dead
 from . import queue_ops as _ops
 from .inserts import Inserts
 from .url import sqlite_options
-from .writer import Op, Plain, Writer, set_result
+from .waiting import SAFETY_SECONDS, Waiting
+from .writer import Op, Plain, Writer
 
 __all__ = ["SqliteBroker"]
 
@@ -24,7 +27,9 @@ T = TypeVar("T")
 
 
 class SqliteBroker:
-    """Engine for ``sqlite:///``. See :class:`~..base.Broker` for the contract."""
+    """Engine for ``sqlite:///``. See :class:`~..base.Broker` for the contract.
+
+    ``safety_poll``: seconds between the engine's safety polls (:mod:`.waiting`)."""
 
     needs_bytes = True
 
@@ -36,6 +41,7 @@ class SqliteBroker:
         synchronous: str = "full",
         busy_timeout_ms: int = 5000,
         max_group: int = 512,
+        safety_poll: float = SAFETY_SECONDS,
     ) -> None:
         self.path = Path(path)
         if synchronous.lower() not in ("full", "normal", "extra"):
@@ -53,7 +59,11 @@ class SqliteBroker:
         self._put = self._writer.ops.put
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        #: lock tokens: unique in this engine by the counter, among processes by the prefix
+        self._token_prefix = os.urandom(6).hex() + "-"
+        self._tokens = itertools.count(1)
+        #: waiters, their wake-ups (here, from other processes, due times), the safety poll
+        self.waiting = Waiting(self.path, clock, safety_seconds=safety_poll)
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock = SYSTEM_CLOCK) -> SqliteBroker:
@@ -76,6 +86,7 @@ class SqliteBroker:
             raise BrokerUnavailableError(f"cannot create {self.path.parent}: {exc}") from exc
         self._loop = loop
         await self._writer.start(loop)
+        self.waiting.start(loop)
 
     async def _call(self, fn: Callable[..., T], *args: Any, plain: Plain | None = None) -> T:
         """Run ``fn(conn, *args)`` on the writer thread, in the next group."""
@@ -91,12 +102,7 @@ class SqliteBroker:
         return await fut
 
     def _notify(self, queues: Sequence[str]) -> None:
-        for name in queues:
-            waiters = self._waiters.pop(name, None)
-            if waiters:
-                for fut in waiters:
-                    if not fut.done():
-                        fut.set_result(None)
+        self.waiting.changed(queues)
 
     # ---------------------------------------------------------------- queue operations
 
@@ -122,9 +128,17 @@ class SqliteBroker:
 
     async def receive(self, queue: str, max_messages: int, lock_seconds: float) -> list[Delivery]:
         """Lock and return available messages, priority then FIFO."""
+        waiting = self.waiting
+        if waiting.idle(queue):  # drained and not woken since: nothing to look for
+            if self._closed:
+                raise BrokerClosedError("the sqlite engine is closed")
+            return []
         now = self._clock.now()
-        token = os.urandom(8).hex()
-        return await self._call(_ops.receive, queue, max_messages, now, lock_seconds, token)
+        token = f"{self._token_prefix}{next(self._tokens)}"
+        generation = waiting.generation(queue)
+        got, due = await self._call(_ops.receive, queue, max_messages, now, lock_seconds, token)
+        waiting.received(queue, generation, len(got) < max_messages, due)
+        return got
 
     async def ack(
         self,
@@ -143,9 +157,12 @@ class SqliteBroker:
             )
         except _ops.Rollback as rb:
             return rb.results
+        results, empty = result
+        if empty:  # nothing left, not even a lock to expire: no due time to wait for
+            self.waiting.emptied(queue)
         if outbox:
             self._notify(sorted({e.queue for e in outbox}))
-        return result
+        return results
 
     async def release(
         self, queue: str, settlement: SettlementRef, *, delay: float = 0.0, error: str | None = None
@@ -153,8 +170,11 @@ class SqliteBroker:
         """Unlock for redelivery after ``delay``."""
         now = self._clock.now()
         ok = await self._call(_ops.release, queue, settlement, now, delay, error)
-        if ok and delay <= 0:
-            self._notify([queue])
+        if ok:
+            if delay > 0:
+                self.waiting.later(queue, now + delay)
+            else:
+                self._notify([queue])
         return ok
 
     async def renew(
@@ -174,7 +194,7 @@ class SqliteBroker:
     async def delete_queue(self, queue: str) -> None:
         """Drop the queue with its messages and dead letters."""
         await self._call(_ops.delete_queue, queue)
-        self._notify([queue])
+        self.waiting.forget(queue)
 
     async def is_processed(self, key: str) -> bool:
         """Whether the exactly-once key is recorded."""
@@ -233,31 +253,27 @@ class SqliteBroker:
 
     # ---------------------------------------------------------------- waiting, closing
 
-    async def wait(self, queue: str, timeout: float) -> None:
-        """Wake on a publish from this process, else after ``timeout`` (other processes are
-        seen by the caller's next poll)."""
+    async def prepare(self, queue: str) -> None:
+        """Open the file and the wake-up socket (the first receive then finds them ready)."""
         if self._closed:
             raise BrokerClosedError("the sqlite engine is closed")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        self._waiters.setdefault(queue, set()).add(fut)
-        handle = loop.call_later(max(0.0, timeout), set_result, fut, None)
-        try:
-            await fut
-        finally:
-            handle.cancel()
-            waiters = self._waiters.get(queue)
-            if waiters is not None:
-                waiters.discard(fut)
+        if self._loop is None:
+            await self.start()
+
+    async def wait(self, queue: str, timeout: float | None) -> None:
+        """Return on a send or release to ``queue`` from this process or another on the file,
+        at its next due time (read by the receive that drained it), on close, or after
+        ``timeout`` seconds (None: none; the engine's one safety poll is the backstop)."""
+        if self._closed:
+            raise BrokerClosedError("the sqlite engine is closed")
+        if self._loop is None:
+            await self.start()
+        await self.waiting.wait(queue, timeout)
 
     async def close(self) -> None:
         """Finish queued operations, stop the thread, close the file."""
         if self._closed:
             return
         self._closed = True
-        for waiters in self._waiters.values():
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
-        self._waiters.clear()
+        await self.waiting.close()
         await self._writer.stop()

@@ -43,19 +43,28 @@ def receive(
     now: float,
     lock_seconds: float,
     token: str,
-) -> list[Delivery]:
-    """Lock and return up to ``max_messages`` visible messages, priority then FIFO."""
+) -> tuple[list[Delivery], float | None]:
+    """Lock and return up to ``max_messages`` visible messages, priority then FIFO, with the
+    queue's next due time when that drained it: the earliest ``visible_at`` left (a delay or
+    backoff ending, a lock expiring, from any process), or None when the queue is empty or
+    not drained."""
     rows = conn.execute(
         "SELECT seq, id, priority, body, attempts, enqueued_at, expires_at, last_error"
         " FROM messages WHERE queue=? AND visible_at<=? ORDER BY priority, seq LIMIT ?",
         (queue, now, max_messages),
     ).fetchall()
+    due: float | None = None
+    if rows:
+        conn.executemany(
+            "UPDATE messages SET visible_at=?, attempts=attempts+1, token=? WHERE seq=?",
+            [(now + lock_seconds, token, r[0]) for r in rows],
+        )
+    if len(rows) < max_messages:
+        due = conn.execute(
+            "SELECT MIN(visible_at) FROM messages WHERE queue=?", (queue,)
+        ).fetchone()[0]
     if not rows:
-        return []
-    conn.executemany(
-        "UPDATE messages SET visible_at=?, attempts=attempts+1, token=? WHERE seq=?",
-        [(now + lock_seconds, token, r[0]) for r in rows],
-    )
+        return [], due
     return [
         Delivery(
             queue,
@@ -71,7 +80,7 @@ def receive(
             r[7],
         )
         for r in rows
-    ]
+    ], due
 
 
 def ack(
@@ -82,9 +91,10 @@ def ack(
     processed_key: str | None,
     processed_ttl: float,
     outbox: Sequence[Envelope],
-) -> list[bool]:
-    """Delete the settled messages still locked by their tokens. With ``processed_key`` the
-    key is recorded and ``outbox`` enqueued too, or (a lock lost) nothing at all: raises
+) -> tuple[list[bool], bool]:
+    """Delete the settled messages still locked by their tokens; return the per-settlement
+    results and whether that left the queue empty. With ``processed_key`` the key is
+    recorded and ``outbox`` enqueued too, or (a lock lost) nothing at all: raises
     :class:`Rollback` with the per-settlement results."""
     out: list[bool] = []
     for s in settlements:
@@ -94,8 +104,11 @@ def ack(
         )
         out.append(cur.rowcount == 1)
     removed = sum(out)
+    empty = False
     if removed:
         conn.execute("UPDATE depths SET depth = depth - ? WHERE queue=?", (removed, queue))
+        row = conn.execute("SELECT depth FROM depths WHERE queue=?", (queue,)).fetchone()
+        empty = row is not None and row[0] <= 0
     if processed_key is not None:
         if not all(out):
             raise Rollback(out)
@@ -105,7 +118,7 @@ def ack(
         )
         if outbox:
             insert(conn, outbox, now)
-    return out
+    return out, empty
 
 
 def release(
