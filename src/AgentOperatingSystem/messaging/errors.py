@@ -77,6 +77,7 @@ __all__ = [
     "NetworkError",
     "NotAParticipantError",
     "PermissionDeniedError",
+    "PublishOutcomeUnknownError",
     "QueueFullError",
     "RemoteError",
     "RequestFailedError",
@@ -188,6 +189,16 @@ class BrokerClosedError(BrokerError):
 
 class BrokerUnavailableError(BrokerError, ConnectionError):
     """The engine cannot be reached right now."""
+
+
+class PublishOutcomeUnknownError(BrokerUnavailableError):
+    """A publish was sent and its acknowledgement never came (a timeout, or the connection
+    lost after the write): the message may or may not be stored. ``message_id`` names it;
+    publishing again with the same id is deduplicated within the dedup window."""
+
+    def __init__(self, message: str, message_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message_id = message_id
 
 
 class SecurityError(MessagingError):

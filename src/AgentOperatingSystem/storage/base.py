@@ -2,16 +2,24 @@
 
 The :class:`~.manager.StorageManager` speaks to its engine through :class:`StorageBackend`;
 the engines (``memory``, ``sqlite``, ``nats``) import only this module, never the manager.
+
+An engine may also offer :class:`ChangeFeed`, an optional capability (checked with
+``isinstance`` once, by whoever keeps a cache of the store): what changed in a namespace
+since a point of the store's history, at a cost that follows the changes, not the number of
+keys. The NATS engine has it; memory and SQLite do not (their readers re-read a namespace).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from ..messaging.clock import Clock
 
 __all__ = [
     "BackendFactory",
+    "ChangeFeed",
+    "KeyChange",
     "KeyRows",
     "KeyValues",
     "LogEntries",
@@ -102,6 +110,34 @@ class StorageBackend(Protocol):
 
     async def read_log_tail(self, ns: str, stream: str, n: int) -> LogRows:
         """Return the last ``n`` entries in ascending order."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChange:
+    """A key of a namespace written (``text``: its JSON text now) or deleted (``None``)."""
+
+    key: str
+    text: str | None
+
+
+@runtime_checkable
+class ChangeFeed(Protocol):
+    """An engine that can say what changed since a point of its history (see the module docs).
+
+    A cursor is an integer that grows with every write to the store (any namespace).
+    ``changes(ns, since, until)`` reports each key of ``ns`` written or deleted after
+    ``since`` and no later than ``until``, once, with its latest state, oldest first; a key
+    written again after ``until`` is reported by the next call instead. Asking when nothing
+    changed costs one small request (``change_cursor``), whatever the number of keys.
+    """
+
+    async def change_cursor(self) -> int:
+        """The store's point now: the cursor of its latest write (0 when empty)."""
+        ...
+
+    async def changes(self, ns: str, since: int, until: int) -> list[KeyChange]:
+        """The keys of ``ns`` written or deleted in ``(since, until]``, oldest first."""
         ...
 
 

@@ -13,6 +13,11 @@ Keys are hex-encoded (NATS keys allow few characters): ``k.<ns>.<key>`` for valu
   write are one atomic operation, so logs have no gaps and no duplicates across processes.
 - ``list`` lists the namespace's keys and reads each value: fine for registries and key rings,
   not meant for millions of keys.
+- It is a :class:`~.base.ChangeFeed`: the cursor is the bucket stream's last sequence (one
+  ``STREAM.INFO``), and the changes of a namespace are read with "next message of subject
+  ``$KV.<bucket>.k.<ns>.>`` from sequence n" (``STREAM.MSG.GET``), one request per change,
+  no consumer. A reader that caches a namespace asks the cursor and reads nothing more when
+  it did not move, so its cost does not grow with the number of keys.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 from ..config.urls import parse_nats_url
 from ..messaging.clock import Clock
 from ..messaging.errors import MissingExtraError, StorageError
-from .base import KeyRows, LogRows, TextUpdater
+from .base import KeyChange, KeyRows, LogRows, TextUpdater
 
 try:
     import nats
@@ -37,6 +42,8 @@ except ImportError as exc:  # pragma: no cover - only without the extra
 __all__ = ["NatsStorageBackend"]
 
 _CAS_ATTEMPTS = 200
+#: What ``changes`` returns (named here: the class's ``list`` method shadows the builtin).
+_Changes = list[KeyChange]
 
 
 def _hex(text: str) -> str:
@@ -163,6 +170,37 @@ class NatsStorageBackend:
         except Exception as exc:
             raise StorageError(f"NATS storage list failed: {exc}") from exc
         return tuple(s[len(prefix) :] for s in (info.state.subjects or {}))
+
+    async def change_cursor(self) -> int:
+        """The sequence of the bucket's latest write (0 when it was never written)."""
+        try:
+            info = await self._js().stream_info(f"KV_{self._namespace}_STORE")
+        except Exception as exc:
+            raise StorageError(f"NATS storage cursor failed: {exc}") from exc
+        return int(info.state.last_seq or 0)
+
+    async def changes(self, ns: str, since: int, until: int) -> _Changes:
+        """The keys of ``ns`` written or deleted in ``(since, until]``, oldest first."""
+        stream = f"KV_{self._namespace}_STORE"
+        subject = f"$KV.{self._namespace}_STORE.k.{_hex(ns)}.>"
+        out: _Changes = []
+        seq = since + 1
+        while seq <= until:
+            try:
+                msg = await self._js().get_msg(stream, seq=seq, subject=subject, next=True)
+            except js_errors.NotFoundError:
+                break
+            except Exception as exc:
+                raise StorageError(f"NATS storage changes failed: {exc}") from exc
+            if msg.seq is None or msg.seq > until:
+                break
+            key = _unhex(str(msg.subject).rsplit(".", 1)[-1])
+            operation = (msg.headers or {}).get("KV-Operation")
+            deleted = operation in ("DEL", "PURGE")
+            text = None if deleted else (msg.data or b"").decode()
+            out.append(KeyChange(key, text))
+            seq = int(msg.seq) + 1
+        return out
 
     def _js(self) -> Any:
         if self._nc is None:

@@ -108,6 +108,14 @@ class AccessControl:
             agent: perm for agent, value in rows if (perm := _parse_acl(agent, value)) is not None
         }
 
+    def apply(self, agent: str, value: Any) -> None:
+        """One entry changed in the store: ``value`` is its value now, or None when deleted."""
+        perm = None if value is None else _parse_acl(agent, value)
+        if perm is None:
+            self._entries.pop(agent, None)
+        else:
+            self._entries[agent] = perm
+
     def _allowed(self, agent: str, kind: str, index: int) -> bool:
         perm = self._entries.get(agent)
         if perm is None:

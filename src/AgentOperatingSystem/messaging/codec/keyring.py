@@ -125,6 +125,15 @@ class KeyRing:
         self.public[agent_id] = _parse_public_record(agent_id, record)
         self.revoked[agent_id] = _revoked_ids(record)
 
+    def apply(self, agent_id: str, record: Any) -> None:
+        """One record of the namespace changed in the store: ``record`` is its value now,
+        or None when it was deleted."""
+        if record is None:
+            self.public.pop(agent_id, None)
+            self.revoked.pop(agent_id, None)
+        else:
+            self._take(agent_id, record)
+
     def keys_of(self, agent_id: str) -> dict[str, Ed25519PublicKey]:
         """The agent's live keys by key id (empty when it has none)."""
         return self.public.get(agent_id, {})
@@ -240,6 +249,14 @@ class ContentKeys:
         self._stored = {
             kid: key for kid, value in rows if (key := _parse_content_key(kid, value)) is not None
         }
+
+    def apply(self, key_id: str, value: Any) -> None:
+        """One stored key changed: ``value`` is its record now, or None when deleted."""
+        key = None if value is None else _parse_content_key(key_id, value)
+        if key is None:
+            self._stored.pop(key_id, None)
+        else:
+            self._stored[key_id] = key
 
     def get(self, key_id: str) -> bytes | None:
         """The content-encryption key with that id, if this process knows it."""

@@ -50,10 +50,15 @@ Access control
     ``reply_to``): being allowed to receive a query implies being allowed to answer it.
 
 Several processes
-    Each process caches the key ring and the access-control entries. It re-reads them every
-    ``refresh_interval`` seconds (default 2) and at once (at most twice a second) when it
-    meets a key id it does not know, so a newly registered agent or a changed permission
-    reaches other processes within that interval. :meth:`BusSecurity.reload` forces it.
+    Each process caches the key ring and the access-control entries. It catches up with the
+    store every ``refresh_interval`` seconds (default 2) and at once (at most twice a second)
+    when it meets a key id it does not know, so a newly registered agent or a changed
+    permission reaches other processes within that interval. :meth:`BusSecurity.reload`
+    re-reads everything. On a store that is a
+    :class:`~AgentOperatingSystem.storage.base.ChangeFeed` (NATS) catching up reads only what
+    changed since the last time, and asks one small question when nothing did, so its cost
+    does not grow with the number of agents; on the others (memory, SQLite: local, cheap)
+    it re-reads the three namespaces.
 
 What signatures do not do
     They prove who sent a message and that nothing in it changed; they do not stop a replay
@@ -77,6 +82,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from ...storage.base import ChangeFeed
 from ..errors import (
     ConfigurationError,
     InvalidMessageError,
@@ -187,6 +193,13 @@ class BusSecurity:
         self._refresh_task: asyncio.Task[None] | None = None
         self._miss_task: asyncio.Task[None] | None = None
         self._last_miss_reload = 0.0
+        #: the store's change feed, when it has one (decided at start), and how far this
+        #: process has read it
+        self._feed: ChangeFeed | None = None
+        self._cursor = 0
+        #: catch-ups made, and how many of them read the whole namespaces (for tests)
+        self.refreshes = 0
+        self.full_reloads = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -211,10 +224,12 @@ class BusSecurity:
             return
         if self._closed:
             raise SecurityError("this BusSecurity was closed; create a new one")
-        if self._storage is None:
-            from ...storage.manager import StorageManager
+        from ...storage.manager import StorageManager
 
+        if self._storage is None:
             self._storage = StorageManager(self._config.resolved_storage_url())
+        backend = self._storage.backend if isinstance(self._storage, StorageManager) else None
+        self._feed = backend if isinstance(backend, ChangeFeed) else None
         url = str(getattr(self._storage, "url", ""))
         in_memory = url.lower().startswith("memory:")
         if self._key_dir_arg is _DEFAULT:
@@ -266,6 +281,12 @@ class BusSecurity:
         """Re-read the key ring, stored content keys and access-control entries."""
         store = self._store()
         async with self._guard():
+            if self._feed is not None:
+                # the cursor first: what is written while the namespaces are read is read
+                # again by the next catch-up, never missed
+                await store.start()  # opened: the cursor is asked of the engine itself
+                self._cursor = await self._feed.change_cursor()
+            self.full_reloads += 1
             public_rows = await store.list(NS_PUBLIC_KEYS)
             content_rows = await store.list(NS_CONTENT_KEYS)
             acl_rows = await store.list(NS_ACL)
@@ -274,11 +295,47 @@ class BusSecurity:
             self._access.load(acl_rows)
             self.acl_active = self._access.active
 
+    async def refresh(self) -> None:
+        """Catch up with the store: what changed since the last time on a change feed (one
+        small request when nothing did), else a :meth:`reload`."""
+        feed = self._feed
+        if feed is None:
+            await self.reload()
+            return
+        self._store()
+        from ...storage.manager import decode_value
+
+        async with self._guard():
+            self.refreshes += 1
+            now = await feed.change_cursor()
+            if now == self._cursor:
+                return
+            if now < self._cursor:  # the store was emptied and made again: read it whole
+                self._cursor = -1
+            else:
+                parts = (
+                    (NS_PUBLIC_KEYS, self._ring.apply),
+                    (NS_CONTENT_KEYS, self._content.apply),
+                    (NS_ACL, self._access.apply),
+                )
+                for ns, apply in parts:
+                    for change in await feed.changes(ns, self._cursor, now):
+                        try:
+                            value = None if change.text is None else decode_value(change.text)
+                        except Exception:
+                            log.warning("ignoring an unreadable record %r in %s", change.key, ns)
+                            continue
+                        apply(change.key, value)
+                self.acl_active = self._access.active
+                self._cursor = now
+                return
+        await self.reload()
+
     async def _refresh_loop(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.reload()
+                await self.refresh()
             except Exception:
                 if self._closed:
                     return
@@ -302,7 +359,7 @@ class BusSecurity:
 
     async def _quiet_reload(self) -> None:
         try:
-            await self.reload()
+            await self.refresh()
         except Exception:
             log.warning("re-reading the key ring failed", exc_info=True)
 

@@ -7,11 +7,18 @@ URL: ``nats://host:4222``, or a comma list for a cluster (``nats://h1:4222,nats:
 Layout in JetStream (``<ns>`` is the namespace; names in :mod:`.subjects`, assets in
 :mod:`.setup`): stream ``<ns>_Q`` holds every queue, a message on
 ``<ns>.q.<token>.<priority>`` with the headers of :mod:`.headers`; one durable pull
-consumer per (queue, priority) (:mod:`.pullers`); stream ``<ns>_DLQ`` holds dead letters
+consumer per (queue, priority) that has held messages, created when first needed, so an
+agent that gets one priority costs one consumer and an idle one none (:mod:`.pullers`);
+stream ``<ns>_DLQ`` holds dead letters
 (:mod:`.dead_letters`); buckets ``<ns>_bind``, ``<ns>_done``, ``<ns>_dedup`` and
 ``<ns>_meta`` hold bindings, exactly-once keys, dedup keys and per-message bookkeeping; core
 subjects carry publish notices (:mod:`.watch`), handoffs (:mod:`.handoff`) and direct
 deliveries (:mod:`.direct`).
+
+Consuming is driven by events: ``prepare(queue)`` subscribes to the queue's notices and asks
+the stream which priorities hold messages; ``wait(queue, None)`` sets no timer and is woken
+by notices, by the engine's one timer of local due times (:mod:`.timers`) and by one slow
+safety poll per engine for what other processes do without a notice (:mod:`.watch`).
 
 Semantics and their limits (documented honestly, each in its module):
 
@@ -30,7 +37,10 @@ Semantics and their limits (documented honestly, each in its module):
   right now is handed to it directly, nothing stored (:mod:`.direct`, :mod:`.handoff`).
 * Publishes, acks and API calls that fail while a leader moves or the client reconnects
   are retried for a bounded time, then raise :class:`BrokerUnavailableError`
-  (:mod:`.connection`); nats-py errors never reach a caller (:mod:`.translate`).
+  (:mod:`.connection`); nats-py errors never reach a caller (:mod:`.translate`). A publish
+  that was sent and never acknowledged raises its subclass
+  :class:`PublishOutcomeUnknownError` with the message id: sending it again with the same
+  id from this process is deduplicated and counted once (:mod:`.publish`).
 * Works with nats-server 2.9 and newer (no feature of 2.10+ is required).
 """
 

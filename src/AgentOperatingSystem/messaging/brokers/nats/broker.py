@@ -13,7 +13,7 @@ collaborator       operations
 ``Depths``         ``depth``, ``dead_letter_depth``, ``queues``
 ``ProcessedKeys``  ``is_processed`` (:mod:`.processed`)
 ``Bindings``       ``bind``, ``unbind``, ``bindings``
-``Watches``        ``wait`` (:mod:`.watch`)
+``Watches``        ``wait``, ``prepare`` (:mod:`.watch`, :mod:`.timers`)
 ``Direct``         ``listen_direct``, ``send_direct``, ``hand_off`` (:mod:`.direct`,
                    the consumer's side in :mod:`.handoff`)
 =================  ==========================================================
@@ -80,8 +80,7 @@ class NatsBroker:
         acks = self._acks = Acks(conn)
         pullers = self._pullers = Pullers(conn)
         locks = self._locks = Locks(clock, acks)
-        watches = self._watches = Watches(conn, clock, pullers.by_queue, locks)
-        pullers.on_new_queue = watches.watch
+        watches = self._watches = Watches(conn, clock, pullers, locks)
         depths = self._depths = Depths(conn, acks)
         handoffs = self._handoffs = Handoffs(conn, clock, watches, depths)
         watches.on_handoff = handoffs.on_remote
@@ -111,6 +110,7 @@ class NatsBroker:
         self.renew = settler.renew
         self.dead_letter = settler.dead_letter
         self.wait = watches.wait
+        self.prepare = watches.prepare
         self.put_dead_letter = dead.put
         self.dead_letters = dead.dead_letters
         self.resubmit = dead.resubmit
@@ -159,6 +159,7 @@ class NatsBroker:
         async with self._pullers.lock(queue):
             await self._pullers.forget(queue)
             self._locks.drop_queue(queue)
+            self._watches.unprepare(queue)
             names = conn.subjects
             await conn.purge(names.q_stream, names.queue_filter(queue))
             await conn.purge(names.dlq_stream, names.dead(queue))
@@ -166,7 +167,7 @@ class NatsBroker:
     async def _reconnected(self) -> None:
         """Wake everything that waits on the old connection; send unconfirmed acks again."""
         self._pullers.reconnected()
-        self._watches.wake_all()
+        self._watches.reconnected()
         await self._acks.resend()
 
     async def close(self) -> None:
@@ -181,7 +182,7 @@ class NatsBroker:
         conn.fail_requests(nats.errors.ConnectionClosedError())  # what waits on it fails now
         self._pullers.close()
         await self._locks.hand_back()
-        self._watches.close()
+        await self._watches.close()
         with contextlib.suppress(Exception):
             await conn.nc.flush(timeout=2)
         with contextlib.suppress(Exception):
@@ -192,7 +193,7 @@ class NatsBroker:
         bindings and records), then close. For tests and administration."""
         self._conn.check_open()
         await drop(self._conn)
-        self._locks.held.clear()
+        self._locks.clear()
         await self.close()
 
     async def __aenter__(self) -> NatsBroker:

@@ -6,8 +6,14 @@
 * :meth:`Connection.request_pub` sends a request (a JetStream publish, a handoff) whose answer
   comes to this connection's own inbox (``requests``, keyed ``P<n>``), so several can be in
   flight at once (pipelining); :meth:`Connection.publish` is a JetStream publish with
-  bounded retries. Each publish carries a ``Nats-Msg-Id``, so a publish retried after a lost
-  acknowledgement (leader change, reconnect) is stored once.
+  bounded retries (``retry_seconds``). Each publish carries a ``Nats-Msg-Id``, so a publish
+  retried after a lost acknowledgement (leader change, reconnect) is stored once.
+* **Outcomes**: a publish that gives up raises :class:`PublishOutcomeUnknownError` (a
+  :class:`BrokerUnavailableError`) when some attempt left this process (handed to the
+  client, which writes it, or holds it in its reconnect buffer and writes it once
+  reconnected) and no acknowledgement came: it may be stored, now or after the reconnect.
+  Only a publish no attempt of which left (the client refused it: closed, or its reconnect
+  buffer full) raises plain :class:`BrokerUnavailableError`: it is certainly not stored.
 """
 
 from __future__ import annotations
@@ -24,7 +30,13 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from ...errors import BrokerClosedError, BrokerError, BrokerUnavailableError, MessagingError
+from ...errors import (
+    BrokerClosedError,
+    BrokerError,
+    BrokerUnavailableError,
+    MessagingError,
+    PublishOutcomeUnknownError,
+)
 from .headers import STATUS
 from .subjects import Subjects
 from .translate import caused_by, translate
@@ -65,8 +77,12 @@ class _Translate:
 class Connection:
     """A nats-py client with its JetStream context, this engine's inbox and open state."""
 
-    def __init__(self, nc: NatsClient, subjects: Subjects) -> None:
+    def __init__(
+        self, nc: NatsClient, subjects: Subjects, *, retry_seconds: float = RETRY_SECONDS
+    ) -> None:
         self.nc = nc
+        #: how long a publish is retried before it gives up (see the module docs)
+        self.retry_seconds = float(retry_seconds)
         self.js = nc.jetstream(timeout=REQUEST_TIMEOUT)
         self.subjects = subjects
         #: closing: no handoff is taken any more; closed: every operation raises
@@ -202,40 +218,76 @@ class Connection:
             raise nats.js.errors.APIError.from_error(error)
         return int(resp["seq"]), bool(resp.get("duplicate"))
 
-    async def js_publish(
-        self, subject: str, payload: bytes, headers: dict[str, str]
-    ) -> tuple[int, bool]:
-        """One JetStream publish: (stream seq, duplicate)."""
-        return await self.pub_result(await self.request_pub(subject, payload, headers))
+    @property
+    def attempt_timeout(self) -> float:
+        """How long one publish attempt waits for its acknowledgement."""
+        return min(REQUEST_TIMEOUT, self.retry_seconds)
 
     async def publish(
-        self, subject: str, payload: bytes, headers: dict[str, str]
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str],
+        *,
+        message_id: str | None = None,
     ) -> tuple[int, bool, int]:
-        """JetStream publish with bounded retries: (stream seq, duplicate, attempt number)."""
+        """JetStream publish with bounded retries: (stream seq, duplicate, attempt number).
+        Gives up with :class:`PublishOutcomeUnknownError` (naming ``message_id``) or
+        :class:`BrokerUnavailableError` (see the module docs)."""
         try:
-            seq, duplicate = await self.js_publish(subject, payload, headers)
+            handle = await self.request_pub(subject, payload, headers, self.attempt_timeout)
+        except Exception as exc:
+            return await self.publish_again(
+                subject, payload, headers, exc, left=False, message_id=message_id
+            )
+        try:
+            seq, duplicate = await self.pub_result(handle)
             return seq, duplicate, 1
         except Exception as exc:
-            return await self.publish_again(subject, payload, headers, exc)
+            return await self.publish_again(
+                subject, payload, headers, exc, left=True, message_id=message_id
+            )
 
     async def publish_again(
-        self, subject: str, payload: bytes, headers: dict[str, str], first: Exception
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str],
+        first: Exception,
+        *,
+        left: bool,
+        message_id: str | None = None,
     ) -> tuple[int, bool, int]:
-        """The first attempt failed with ``first``: retry transient failures (the message
-        id makes a retry of a publish that did land a duplicate, not a second copy)."""
+        """The first attempt failed with ``first`` (``left``: after it was handed to the
+        client): retry transient failures (the message id makes a retry of a publish that
+        did land a duplicate, not a second copy), for ``retry_seconds``."""
         ours = self.translate("publish", first)
         if ours is None:
             raise first
         if self.closed or not isinstance(ours, BrokerUnavailableError):
             raise ours from first
         attempt = 1
+        sent = [left]
 
         async def once() -> tuple[int, bool]:
             nonlocal attempt
             attempt += 1
-            return await self.js_publish(subject, payload, headers)
+            handle = await self.request_pub(subject, payload, headers, self.attempt_timeout)
+            sent[0] = True
+            return await self.pub_result(handle)
 
-        seq, duplicate = await self.retrying("publish", once)
+        try:
+            seq, duplicate = await self.retrying("publish", once, budget=self.retry_seconds)
+        except BrokerUnavailableError as exc:
+            if sent[0] and not isinstance(exc, PublishOutcomeUnknownError):
+                named = "" if message_id is None else f" of {message_id!r}"
+                raise PublishOutcomeUnknownError(
+                    f"NATS publish{named}: sent, but no acknowledgement came within"
+                    f" {self.retry_seconds:g} s; it may be stored (publishing again with the"
+                    " same id is deduplicated)",
+                    message_id,
+                ) from exc
+            raise
         return seq, duplicate, attempt
 
     # ------------------------------------------------------------------ stream API
@@ -265,6 +317,22 @@ class Connection:
             return int(data.get("purged", 0))
 
         return await self.retrying("purge", once)
+
+    async def ask_subject_counts(self, stream: str, subjects: str) -> RequestHandle:
+        """Send ``STREAM.INFO`` for the subjects of ``stream`` matching ``subjects`` and
+        return at once; :meth:`counted` gives the answer (pipelined :meth:`subject_counts`)."""
+        payload = json.dumps({"subjects_filter": subjects}).encode()
+        return await self.request_pub(f"$JS.API.STREAM.INFO.{stream}", payload, {})
+
+    async def counted(self, handle: RequestHandle) -> dict[str, int]:
+        """Messages per subject, from the answer to :meth:`ask_subject_counts`."""
+        answer = await self.answer(handle)
+        data = json.loads(answer.data or b"{}")
+        error = data.get("error")
+        if error is not None:
+            raise nats.js.errors.APIError.from_error(error)
+        subjects = (data.get("state") or {}).get("subjects") or {}
+        return {str(k): int(v) for k, v in subjects.items()}
 
     async def subject_counts(self, stream: str, subjects: str) -> dict[str, int]:
         """Messages per subject of ``stream`` matching ``subjects``."""

@@ -17,7 +17,7 @@ from ...clock import Clock
 from ...errors import BrokerError, BrokerUnavailableError, ConfigurationError, MessagingError
 from . import setup
 from .broker import NatsBroker
-from .connection import Connection
+from .connection import RETRY_SECONDS, Connection
 from .subjects import DEFAULT_NAMESPACE, NAMESPACE_RE, Subjects
 
 __all__ = ["create_nats_broker"]
@@ -33,6 +33,7 @@ async def create_nats_broker(
     namespace: str | None = None,
     replicas: int | None = None,
     connect_timeout: float = 10.0,
+    retry_seconds: float = RETRY_SECONDS,
 ) -> NatsBroker:
     """Connect to NATS (one server or a cluster) and return a ready :class:`NatsBroker`.
 
@@ -40,13 +41,18 @@ async def create_nats_broker(
     ``?namespace=x&replicas=3``; the keyword arguments win over the query. Streams and
     buckets are created when missing. Raises :class:`BrokerUnavailableError` when no server
     answers within ``connect_timeout`` seconds, :class:`ConfigurationError` for a bad URL.
-    Once connected, the client reconnects by itself for as long as the broker is open.
+    Once connected, the client reconnects by itself for as long as the broker is open. A
+    publish is retried for ``retry_seconds`` while the server is unavailable, then raises
+    :class:`~...errors.PublishOutcomeUnknownError` when it was sent and not acknowledged,
+    or :class:`BrokerUnavailableError` when it certainly was not stored.
     """
     servers, options = parse_nats_url(url)
     ns = namespace if namespace is not None else options.get("namespace", DEFAULT_NAMESPACE)
     reps = _check_options(ns, replicas if replicas is not None else options.get("replicas", 1))
     if dedup_window < 0:
         raise ConfigurationError("dedup_window must be >= 0")
+    if retry_seconds <= 0:
+        raise ConfigurationError("retry_seconds must be > 0")
     opened: list[Connection] = []
 
     async def on_reconnect() -> None:
@@ -55,7 +61,7 @@ async def create_nats_broker(
             await conn.reconnected()
 
     nc = await _connect(servers, connect_timeout, on_reconnect)
-    conn = Connection(nc, Subjects(ns))
+    conn = Connection(nc, Subjects(ns), retry_seconds=retry_seconds)
     opened.append(conn)
     try:
         buckets = await setup.ensure(conn, replicas=reps, dedup_window=dedup_window)

@@ -10,15 +10,22 @@
   request first, then the answers); a failure part-way leaves the others enqueued.
 * **Delayed messages** (``available_at`` in the future) are stored at once; a receive that
   meets one too early hands it back (see :mod:`.receive`).
+* **Unknown outcomes**: a publish that was sent and never acknowledged raises
+  :class:`PublishOutcomeUnknownError` carrying the message id (:mod:`.connection`); it may
+  be stored now or once the client reconnects. This engine remembers such ids for the dedup
+  window, so sending the same id again from this process is deduplicated by the server and
+  counted as stored (once), even when the first copy was already consumed. From another
+  process the retry gets ``DuplicateMessageError`` while the first copy is queued.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Sequence
 
 from ...clock import Clock
-from ...errors import DuplicateMessageError, InvalidMessageError
+from ...errors import DuplicateMessageError, InvalidMessageError, PublishOutcomeUnknownError
 from ..base import Envelope
 from .connection import Connection, RequestHandle
 from .dedup import DedupKeys
@@ -29,6 +36,8 @@ from .watch import Watches
 
 __all__ = ["Publisher"]
 
+#: Unknown-outcome ids remembered before the expired ones are dropped.
+_UNKNOWN_PRUNE_AT = 1024
 #: A publish ready to go: (subject, body, headers).
 _Prepared = tuple[str, bytes, dict[str, str]]
 
@@ -51,6 +60,22 @@ class Publisher:
         self._depths = depths
         self._dedup = dedup
         self._dedup_window = dedup_window
+        #: ``Nats-Msg-Id`` -> until when (monotonic) a publish of it had an unknown outcome
+        self.unknown: dict[str, float] = {}
+
+    def _unknown_outcome(self, env: Envelope, msg_id: str) -> None:
+        """Remember ``msg_id`` for the dedup window: a publish of it may have been stored
+        (and this process's consumers of the queue may find it)."""
+        self._watches.schedule_wake(env.queue, 0.0, clamp_priority(env.priority))
+        now = time.monotonic()
+        if len(self.unknown) >= _UNKNOWN_PRUNE_AT:
+            self.unknown = {k: t for k, t in self.unknown.items() if t > now}
+        self.unknown[msg_id] = now + max(self._dedup_window, 1.0)
+
+    def _was_unknown(self, msg_id: str) -> bool:
+        """Whether a publish of ``msg_id`` had an unknown outcome within the dedup window."""
+        until = self.unknown.pop(msg_id, None)
+        return until is not None and until > time.monotonic()
 
     async def send(
         self,
@@ -139,9 +164,10 @@ class Publisher:
         """After a publish: notify waiters; sort out a duplicate id (see the module docs)."""
         seq, duplicate, attempt = result
         if not duplicate:
+            self.unknown.pop(prepared[2][H_MSG_ID], None)
             await self._watches.notify(env.queue, clamp_priority(env.priority))
             return True
-        if duplicate_ok or attempt > 1:
+        if duplicate_ok or attempt > 1 or self._was_unknown(prepared[2][H_MSG_ID]):
             return True  # an earlier attempt of ours landed
         # The server saw this id within its window: still queued, or already consumed?
         if await self._conn.live(self._conn.subjects.q_stream, seq):
@@ -160,7 +186,11 @@ class Publisher:
         """Publish one envelope under ``msg_id`` (``duplicate_ok``: a duplicate counts as
         stored, as for an outbox whose earlier attempt landed)."""
         prepared = self._prepare(env, msg_id, enqueued_at)
-        result = await self._conn.publish(*prepared)
+        try:
+            result = await self._conn.publish(*prepared, message_id=env.message_id)
+        except PublishOutcomeUnknownError:
+            self._unknown_outcome(env, msg_id)
+            raise
         return await self._published(env, prepared, result, duplicate_ok)
 
     async def publish_envelopes(
@@ -173,21 +203,25 @@ class Publisher:
         handles: list[RequestHandle | Exception] = []
         for item in prepared:
             try:
-                handles.append(await conn.request_pub(*item))
+                handles.append(await conn.request_pub(*item, conn.attempt_timeout))
             except Exception as exc:
                 handles.append(exc)
         out: list[bool | BaseException] = []
         for env, item, handle in zip(envs, prepared, handles, strict=True):
+            mid = env.message_id
             try:
                 if isinstance(handle, Exception):
-                    result = await conn.publish_again(*item, handle)
+                    result = await conn.publish_again(*item, handle, left=False, message_id=mid)
                 else:
                     try:
                         seq, duplicate = await conn.pub_result(handle)
                         result = (seq, duplicate, 1)
                     except Exception as exc:
-                        result = await conn.publish_again(*item, exc)
+                        result = await conn.publish_again(*item, exc, left=True, message_id=mid)
                 out.append(await self._published(env, item, result, duplicate_ok))
+            except PublishOutcomeUnknownError as exc:
+                self._unknown_outcome(env, item[2][H_MSG_ID])
+                out.append(exc)
             except Exception as exc:
                 out.append(exc)
         return out

@@ -1,12 +1,23 @@
-"""The durable pull consumers: one per (queue, priority), and the pull requests they answer.
+"""The durable pull consumers: one per (queue, priority) that holds messages, and the pull
+requests they answer.
 
-Each consumer is filtered on its priority's subject. A pull request is ``no_wait`` and asks
-for exactly the number of messages still wanted, so a receive never locks more than it asked
-for (no lingering pull request can grab messages later). A priority found empty is skipped
-for ``EMPTY_HINT_SECONDS`` unless a publish or release to it is seen; a consumer that does
-not answer (its leader is moving) is skipped with a backoff, so the other priorities keep
-flowing. The deliveries and status answers of a pull come to the connection's inbox
-(:mod:`.inbox`), which hands them to the :class:`Puller` collecting them.
+Layout (the reasoning is in ARCHITECTURE.md): each consumer is filtered on one priority's
+subject, and it exists only once that priority of the queue has held a message. Which
+priorities hold messages is learnt when the queue is prepared (one ``STREAM.INFO`` with a
+subject filter, :meth:`.watch.Watches.prepare`), from publish notices (they name the
+priority), from this process's own sends and releases, and from the engine's slow safety
+poll; the first receive that meets such a priority creates its consumer. An agent that gets
+messages of one priority costs one consumer on the server; an idle one that never got any
+costs none. A consumer nobody pulls from for ``CONSUMER_INACTIVE_THRESHOLD`` is removed by
+the server (its messages stay in the stream; it is created again when needed).
+
+A pull request is ``no_wait`` and asks for exactly the number of messages still wanted, so
+a receive never locks more than it asked for (no lingering pull request can grab messages
+later). A priority found empty is skipped for ``EMPTY_HINT_SECONDS`` unless a publish or
+release to it is seen; a consumer that does not answer (its leader is moving) is skipped
+with a backoff, so the other priorities keep flowing. The deliveries and status answers of
+a pull come to the connection's inbox (:mod:`.inbox`), which hands them to the
+:class:`Puller` collecting them.
 """
 
 from __future__ import annotations
@@ -15,7 +26,6 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -26,7 +36,7 @@ from .connection import Connection
 from .subjects import PRIORITIES, Subjects
 from .translate import caused_by
 
-__all__ = ["EMPTY_HINT_SECONDS", "Puller", "Pullers"]
+__all__ = ["EMPTY_HINT_SECONDS", "Puller", "Pullers", "QueueConsumers"]
 
 #: Seconds to wait for the answer to one pull request (no_wait: normally milliseconds).
 FETCH_TIMEOUT = 1.0
@@ -38,6 +48,8 @@ UNRESPONSIVE_BACKOFF = (0.5, 4.0)
 CONSUMER_INACTIVE_THRESHOLD = 24 * 3600.0
 #: How long a pull that found a priority empty lets receive skip it (see :class:`Puller`).
 EMPTY_HINT_SECONDS = 0.25
+#: ``ack_wait`` of a queue's consumers until a receive names its ``lock_seconds``.
+DEFAULT_ACK_WAIT = 30.0
 
 
 @dataclass(slots=True)
@@ -83,6 +95,36 @@ class Puller:
         return now < self.empty_until and now < self.next_event
 
 
+@dataclass(slots=True)
+class QueueConsumers:
+    """The consumers of one queue, by priority: a :class:`Puller` once created, else None;
+    ``wanted[p]`` once priority ``p`` is known to have held a message (its consumer is
+    created by the next receive)."""
+
+    queue: str
+    ack_wait: float
+    slots: list[Puller | None] = field(default_factory=lambda: [None] * len(PRIORITIES))
+    wanted: list[bool] = field(default_factory=lambda: [False] * len(PRIORITIES))
+
+    def note(self, priority: int) -> None:
+        """Priority ``priority`` may have messages: pull it (creating its consumer) next."""
+        puller = self.slots[priority]
+        if puller is None:
+            self.wanted[priority] = True
+        else:
+            puller.may_have()
+
+    def note_all(self) -> None:
+        """Every priority with a consumer may have messages."""
+        for puller in self.slots:
+            if puller is not None:
+                puller.may_have()
+
+    def created(self) -> list[Puller]:
+        """The pullers created so far, priority 0 first."""
+        return [p for p in self.slots if p is not None]
+
+
 class Pullers:
     """Every consumer this engine pulls from, by name (for the inbox) and by queue."""
 
@@ -91,12 +133,11 @@ class Pullers:
         self._subjects: Subjects = conn.subjects
         #: consumer name -> puller (deliveries name their consumer)
         self.by_name: dict[str, Puller] = {}
-        #: queue -> its pullers, by priority
-        self.by_queue: dict[str, list[Puller]] = {}
+        #: queue -> its consumers by priority (a queue is here once prepared)
+        self.by_queue: dict[str, QueueConsumers] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        #: awaited once per queue, when its consumers are first created (the facade points
-        #: it at the watches, so publishes wake ``wait`` from then on)
-        self.on_new_queue: Callable[[str], Awaitable[object]] = _nothing
+        #: consumers created on the server by this engine (a figure for tests and benchmarks)
+        self.creations = 0
 
     def lock(self, queue: str) -> asyncio.Lock:
         """The lock that orders creating and removing ``queue``'s consumers."""
@@ -104,6 +145,13 @@ class Pullers:
         if lock is None:
             lock = self._locks[queue] = asyncio.Lock()
         return lock
+
+    def queue(self, queue: str) -> QueueConsumers:
+        """``queue``'s consumers (none created yet for a queue seen first)."""
+        qc = self.by_queue.get(queue)
+        if qc is None:
+            qc = self.by_queue[queue] = QueueConsumers(queue, DEFAULT_ACK_WAIT)
+        return qc
 
     def _config(self, puller: Puller) -> api.ConsumerConfig:
         return api.ConsumerConfig(
@@ -122,45 +170,52 @@ class Pullers:
         config = self._config(puller)
         js, stream = self._conn.js, self._subjects.q_stream
         await self._conn.retrying("create consumer", lambda: js.add_consumer(stream, config))
+        self.creations += 1
         puller.missing = False
 
-    async def for_queue(self, queue: str, lock_seconds: float) -> list[Puller]:
-        """``queue``'s pullers with ``ack_wait = lock_seconds``: created on first use, and
-        updated when the lock differs or the server lost a consumer."""
-        pullers = self.by_queue.get(queue)
+    async def for_queue(self, queue: str, lock_seconds: float) -> QueueConsumers:
+        """``queue``'s consumers with ``ack_wait = lock_seconds``: those wanted and not made
+        yet are created, those whose lock differs or that the server lost are updated."""
+        qc = self.queue(queue)
         ack_wait = max(float(lock_seconds), 0.001)
-        if pullers is not None and all(p.ack_wait == ack_wait and not p.missing for p in pullers):
-            return pullers
+        if qc.ack_wait == ack_wait and not any(qc.wanted) and not self._stale(qc):
+            return qc
         async with self.lock(queue):
-            pullers = self.by_queue.get(queue)
-            if pullers is None:
-                pullers = self._new(queue, ack_wait)
-                await asyncio.gather(*(self._create(p) for p in pullers))
-                for p in pullers:
-                    self.by_name[p.name] = p
-                self.by_queue[queue] = pullers
-                await self.on_new_queue(queue)  # from now on publishes wake ``wait``
-                return pullers
-            stale = [p for p in pullers if p.ack_wait != ack_wait or p.missing]
-            for p in stale:
-                p.ack_wait = ack_wait
-            await asyncio.gather(*(self._create(p) for p in stale))
-            return pullers
+            qc = self.queue(queue)
+            qc.ack_wait = ack_wait
+            todo: list[Puller] = []
+            for priority in PRIORITIES:
+                puller = qc.slots[priority]
+                if puller is None:
+                    if qc.wanted[priority]:
+                        puller = self._new(queue, priority, ack_wait)
+                        todo.append(puller)
+                elif puller.ack_wait != ack_wait or puller.missing:
+                    puller.ack_wait = ack_wait
+                    todo.append(puller)
+            await asyncio.gather(*(self._create(p) for p in todo))
+            for puller in todo:
+                if qc.slots[puller.priority] is None:
+                    qc.slots[puller.priority] = puller
+                    self.by_name[puller.name] = puller
+                qc.wanted[puller.priority] = False
+            return qc
 
-    def _new(self, queue: str, ack_wait: float) -> list[Puller]:
+    @staticmethod
+    def _stale(qc: QueueConsumers) -> bool:
+        return any(p is not None and (p.missing or p.ack_wait != qc.ack_wait) for p in qc.slots)
+
+    def _new(self, queue: str, priority: int, ack_wait: float) -> Puller:
         names = self._subjects
-        base = names.consumer_base(queue)
-        return [
-            Puller(
-                name=f"{base}_{p}",
-                queue=queue,
-                priority=p,
-                subject=names.queue(queue, p),
-                ack_wait=ack_wait,
-                next_subject=names.next_request(f"{base}_{p}"),
-            )
-            for p in PRIORITIES
-        ]
+        name = f"{names.consumer_base(queue)}_{priority}"
+        return Puller(
+            name=name,
+            queue=queue,
+            priority=priority,
+            subject=names.queue(queue, priority),
+            ack_wait=ack_wait,
+            next_subject=names.next_request(name),
+        )
 
     async def fetch(self, puller: Puller, want: int) -> list[Msg]:
         """Lock up to ``want`` messages of one consumer (one no_wait pull request)."""
@@ -195,8 +250,10 @@ class Pullers:
             return got
 
     async def forget(self, queue: str) -> None:
-        """Remove ``queue``'s consumers (here and on the server); call under :meth:`lock`."""
-        for p in self.by_queue.pop(queue, None) or []:
+        """Remove ``queue``'s consumers (here and on the server, those of every priority,
+        whichever process made them); call under :meth:`lock`."""
+        qc = self.by_queue.pop(queue, None)
+        for p in qc.created() if qc is not None else ():
             self.by_name.pop(p.name, None)
         base = self._subjects.consumer_base(queue)
         for priority in PRIORITIES:
@@ -222,10 +279,6 @@ class Pullers:
         for puller in self.by_name.values():
             if puller.done is not None and not puller.done.done():
                 puller.done.set_result("closed")
-
-
-async def _nothing(queue: str) -> None:
-    return None
 
 
 def _after_pull(puller: Puller, status: str, got_any: bool) -> None:

@@ -45,7 +45,6 @@ class Receiver:
         self._monotonic = clock.monotonic  # the handoff window's time
         self._pullers = pullers
         self._locks = locks
-        self._held = locks.held
         self._meta = meta
         self._watched = watches.by_queue
         self._watches = watches
@@ -58,19 +57,21 @@ class Receiver:
         if max_messages <= 0:
             return []
         watch = self._watched.get(queue)
-        if watch is not None:
-            watch.active_at = self._monotonic()  # a consumer at work (see the handoff window)
-            waiting = self._waiting.get(queue)
-            if waiting:
-                # handed off while the queue was empty: no pull needed (that is their point)
-                hand_out = self._handoffs.delivery
-                return [hand_out(waiting.popleft()) for _ in range(min(max_messages, len(waiting)))]
+        if watch is None or not watch.ready:
+            await self._watches.discover(queue)  # prepared on first use
+            watch = self._watched[queue]
+        watch.active_at = self._monotonic()  # a consumer at work (see the handoff window)
+        waiting = self._waiting.get(queue)
+        if waiting:
+            # handed off while the queue was empty: no pull needed (that is their point)
+            hand_out = self._handoffs.delivery
+            return [hand_out(waiting.popleft()) for _ in range(min(max_messages, len(waiting)))]
         await self._locks.expire()
-        pullers = await self._pullers.for_queue(queue, lock_seconds)
+        consumers = await self._pullers.for_queue(queue, lock_seconds)
         fetch = self._pullers.fetch
         out: list[Delivery] = []
-        for puller in pullers:
-            if puller.skip(time.monotonic()):
+        for puller in consumers.slots:
+            if puller is None or puller.skip(time.monotonic()):
                 continue
             while len(out) < max_messages:
                 want = max_messages - len(out)
@@ -96,10 +97,8 @@ class Receiver:
                     break
             if len(out) >= max_messages:
                 break
-        watch = self._watched.get(queue)  # again: the first receive creates it
-        if watch is not None:
-            watch.drained = len(out) < max_messages
-            watch.active_at = self._monotonic()
+        watch.drained = len(out) < max_messages
+        watch.active_at = self._monotonic()
         return out
 
     async def _to_delivery(self, puller: Puller, msg: Msg, lock_seconds: float) -> Delivery | None:
@@ -124,15 +123,18 @@ class Receiver:
             return None
         message_id = info.message_id
         token = f"{seq}.{delivered}"
-        self._held[token] = Held(
-            msg=msg,
-            queue=puller.queue,
-            message_id=message_id,
-            puller=puller,
-            seq=seq,
-            deadline=now + lock_seconds,
-            real_deadline=time.monotonic() + puller.ack_wait,
-            has_meta=meta is not None,
+        self._locks.hold(
+            token,
+            Held(
+                msg=msg,
+                queue=puller.queue,
+                message_id=message_id,
+                puller=puller,
+                seq=seq,
+                deadline=now + lock_seconds,
+                real_deadline=time.monotonic() + puller.ack_wait,
+                has_meta=meta is not None,
+            ),
         )
         puller.may_have(time.monotonic() + puller.ack_wait)  # if the lock runs out
         if meta is not None:

@@ -9,7 +9,8 @@ a subject token ``Q<base32>``. With namespace ``<ns>`` (default ``aos``):
 * ``<ns>.n.<token>``: core notices "priority p has news" that wake ``wait``;
 * ``<ns>.h.<token>`` (queue group ``<ns>.h``): handoffs offered to a live consumer;
 * ``<ns>.d.<token>``: direct deliveries to a live listener;
-* ``c<hash>_<priority>``: the durable pull consumer of one (queue, priority).
+* ``c<hash>_<priority>``: the durable pull consumer of one (queue, priority), made only for
+  the priorities the queue has held messages of.
 """
 
 from __future__ import annotations
