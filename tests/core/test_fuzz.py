@@ -35,6 +35,7 @@ from AgentOperatingSystem.messaging.codec.envelope import (
     EncodeOptions,
     content_key_id,
     decode,
+    decode_cloudevent,
     encode,
 )
 from AgentOperatingSystem.messaging.codec.security import (
@@ -542,7 +543,14 @@ class Oracle:
 
     def outcome(self, body: bytes, engine_id: str) -> str:
         try:
-            msg, options = decode(body, max_bytes=LIMIT, keys=self.security.content_key)
+            # as admission reads it: a foreign CloudEvent takes the engine's id and the queue
+            msg, options = decode_cloudevent(
+                body,
+                message_id=engine_id,
+                recipient=QUEUE,
+                max_bytes=LIMIT,
+                keys=self.security.content_key,
+            )
         except DecryptionError:
             return "undecryptable"
         except DecodeError:

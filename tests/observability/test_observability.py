@@ -42,8 +42,12 @@ TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
 
 
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
 def parse_prometheus(text: str) -> dict[str, float]:
-    """``{'name{labels}': value}``; also checks every line is valid exposition syntax."""
+    """``{'name{labels}': value}`` with the labels in name order (the exposition may write
+    them in any order); also checks every line is valid exposition syntax."""
     out: dict[str, float] = {}
     types: dict[str, str] = {}
     for line in text.splitlines():
@@ -59,7 +63,11 @@ def parse_prometheus(text: str) -> dict[str, float]:
             continue
         m = SAMPLE.match(line)
         assert m, f"not a sample line: {line!r}"
-        out[f"{m.group(1)}{m.group(2) or ''}"] = float(m.group(3))
+        labels = ""
+        if m.group(2):
+            pairs = sorted(LABEL.findall(m.group(2)))
+            labels = "{" + ",".join(f'{k}="{v}"' for k, v in pairs) + "}"
+        out[f"{m.group(1)}{labels}"] = float(m.group(3))
     return out
 
 
@@ -123,7 +131,7 @@ def test_registry_renders_spec_calls_in_prometheus_format() -> None:
     assert samples['message_bus_queue_depth{agent="cfo_agent"}'] == 7
     assert samples["message_bus_messages_published_total"] == 3
     assert samples['message_bus_delivery_latency_seconds_bucket{le="0.1"}'] == 1
-    assert samples['message_bus_delivery_latency_seconds_bucket{le="1"}'] == 2
+    assert samples['message_bus_delivery_latency_seconds_bucket{le="1.0"}'] == 2
     assert samples['message_bus_delivery_latency_seconds_bucket{le="+Inf"}'] == 3
     assert samples["message_bus_delivery_latency_seconds_count"] == 3
     assert samples["message_bus_delivery_latency_seconds_sum"] == pytest.approx(5.55)
@@ -138,11 +146,30 @@ def test_registry_escapes_labels_and_keeps_kinds() -> None:
     reg = MetricsRegistry()
     reg.increment("weird", labels={"agent": 'a"b\\c\nd', "9bad-name": "x"})
     line = next(ln for ln in reg.render().splitlines() if ln.startswith("weird_total{"))
-    assert line == 'weird_total{_9bad_name="x",agent="a\\"b\\\\c\\nd"} 1'
+    assert line == 'weird_total{_9bad_name="x",agent="a\\"b\\\\c\\nd"} 1.0'
     with pytest.raises(ConfigurationError):
         reg.gauge("weird_total", 1)
     with pytest.raises(ConfigurationError):
         reg.increment("weird", -1)
+
+
+def test_registry_is_a_prometheus_client_registry() -> None:
+    """The metrics live in ``prometheus_client`` (scrapable by its own tools too); a name
+    keeps its label names; the library's ``_created`` series are left out of ``render``."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    reg = MetricsRegistry()
+    reg.increment("jobs", labels={"queue": "a"})
+    reg.timing("job", 20, labels={"queue": "a"})
+    assert isinstance(reg.registry, CollectorRegistry)
+    assert reg.registry.get_sample_value("jobs_total", {"queue": "a"}) == 1
+    assert b'jobs_total{queue="a"} 1.0' in generate_latest(reg.registry)
+    assert "_created" not in reg.render()
+    assert reg.value("job_seconds", {"queue": "a"}) == 1
+    with pytest.raises(ConfigurationError, match="labels"):
+        reg.increment("jobs", labels={"queue": "a", "extra": "x"})
+    with pytest.raises(ConfigurationError):
+        reg.observe("bad", 1, labels={"le": "1"})  # a label a histogram reserves
 
 
 # ---------------------------------------------------------------------------- bus metrics
@@ -176,8 +203,9 @@ async def test_counters_and_latency_follow_the_messages() -> None:
         assert totals == [3, 3, 3]
         labels = 'agent="worker",message_type="task"'
         # Latency measured on the bus clock: exactly 2.5 s, in the le="2.5" bucket.
-        assert samples[f'message_bus_delivery_latency_seconds_bucket{{{labels},le="1"}}'] == 0
-        assert samples[f'message_bus_delivery_latency_seconds_bucket{{{labels},le="2.5"}}'] == 3
+        bucket = 'message_bus_delivery_latency_seconds_bucket{agent="worker",le="%s",message_type="task"}'
+        assert samples[bucket % "1.0"] == 0
+        assert samples[bucket % "2.5"] == 3
         assert samples[f"message_bus_delivery_latency_seconds_sum{{{labels}}}"] == 7.5
         assert samples[f"message_bus_handler_duration_seconds_count{{{labels}}}"] == 3
 
@@ -634,8 +662,15 @@ async def test_batched_counts_stay_exact_per_type_in_a_mixed_batch() -> None:
     async with MessageBus(config) as bus:
         tel = bus.telemetry
         assert isinstance(tel, BusTelemetry)
-        kinds = [MessageType.TASK, MessageType.TASK, MessageType.COMMAND, MessageType.TASK,
-                 MessageType.COMMAND, MessageType.COMMAND, MessageType.TASK]
+        kinds = [
+            MessageType.TASK,
+            MessageType.TASK,
+            MessageType.COMMAND,
+            MessageType.TASK,
+            MessageType.COMMAND,
+            MessageType.COMMAND,
+            MessageType.TASK,
+        ]
         for kind in kinds:
             await bus.publish(Message(message_type=kind, sender_id="t", recipient_id="mixed"))
         handler, done = handler_until(len(kinds))

@@ -15,7 +15,7 @@ import logging
 from typing import Any, Awaitable, Callable
 
 from ..brokers.base import Delivery
-from ..codec.envelope import decode
+from ..codec.envelope import decode_cloudevent
 from ..errors import DecodeError, DecryptionError, MessagingError
 from ..errors import error_text as _error_text
 from ..policy import DeliveryOptions
@@ -48,9 +48,12 @@ class Admission:
         self.plain_attempts = -1 if core.config.require_signatures else core.retry.max_attempts
 
     def decode(self, body: bytes) -> tuple[Message, DeliveryOptions]:
-        """Decode an envelope (``DecodeError``/``DecryptionError`` when it cannot be)."""
+        """Decode an envelope, or a foreign CloudEvent (``DecodeError``/``DecryptionError``
+        when it cannot be)."""
         core = self._core
-        return decode(body, max_bytes=core.config.max_message_bytes, keys=core.content_keys())
+        return decode_cloudevent(
+            body, max_bytes=core.config.max_message_bytes, keys=core.content_keys()
+        )
 
     async def verified(self, msg: Message) -> bool:
         """False when signatures are required and ``msg``'s does not verify (its sender's
@@ -70,8 +73,12 @@ class Admission:
         msg = d.message
         if msg is None:
             try:
-                msg, d.options = decode(
+                # A foreign CloudEvent (no AOS attributes) takes the engine's id and this
+                # queue as its recipient.
+                msg, d.options = decode_cloudevent(
                     d.body or b"",
+                    message_id=d.message_id,
+                    recipient=queue,
                     max_bytes=core.config.max_message_bytes,
                     keys=core.content_keys(),
                 )

@@ -1,11 +1,16 @@
-"""The metrics registry: counters, gauges and histograms, and the Prometheus text format.
+"""The metrics registry, on prometheus_client: counters, gauges, histograms, exposition.
 
 :class:`MetricsRegistry` has the statsd-like calls of spec section 9.1 (``increment``,
-``gauge``, ``timing``, and ``observe``), with optional labels, and renders every family in
-the Prometheus text exposition format, version 0.0.4 (:meth:`MetricsRegistry.render`).
-Collectors add families computed at scrape time (the bus's telemetry is one). The
+``gauge``, ``timing``, and ``observe``), with optional labels, over a
+``prometheus_client.CollectorRegistry`` of its own; :meth:`MetricsRegistry.render` is
+``prometheus_client``'s text exposition (format 0.0.4) of it. Collectors add families
+computed at scrape time (the bus's telemetry is one): they return
+``prometheus_client.Metric`` families (:data:`MetricFamily`), built with
+``CounterMetricFamily``, ``GaugeMetricFamily`` and ``HistogramMetricFamily``. The
 module-level :data:`metrics` registry is the one applications use for their own metrics.
-This module knows nothing of the bus.
+:class:`Histogram` is the plain bucket count the bus's series keep on their hot path (a
+list and a sum, no lock), turned into a family only when scraped. This module knows
+nothing of the bus.
 """
 
 from __future__ import annotations
@@ -13,8 +18,15 @@ from __future__ import annotations
 import math
 import re
 from bisect import bisect_left
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from functools import lru_cache
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import Histogram as _PromHistogram
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample as _PromSample
+from prometheus_client.utils import floatToGoString
 
 from ..errors import ConfigurationError
 
@@ -27,6 +39,7 @@ __all__ = [
     "MetricFamily",
     "MetricsRegistry",
     "Sample",
+    "bound_text",
     "metrics",
 ]
 
@@ -53,8 +66,21 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 )
 """Histogram bucket upper bounds in seconds (``+Inf`` is implied)."""
 
+MetricFamily = Metric
+"""A metric family as collectors return it: ``prometheus_client.Metric``."""
+
+Sample = _PromSample
+"""One sample of a family: ``prometheus_client.samples.Sample``."""
+
+LabelKey = tuple[tuple[str, str], ...]
+"""Sorted ``(label name, value)`` pairs of one series."""
+
+Collector = Callable[[], Iterable[Metric]]
+"""Returns metric families at scrape time (see :meth:`MetricsRegistry.add_collector`)."""
+
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_:]")
 _LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")
+_SUFFIX = {"counter": "_total", "gauge": "", "histogram": "_count"}
 
 
 def _metric_name(name: str) -> str:
@@ -64,71 +90,25 @@ def _metric_name(name: str) -> str:
     return "_" + out if out[0].isdigit() else out
 
 
-def _label_name(name: str) -> str:
+def _label_name(name: Any) -> str:
     out = _LABEL_BAD.sub("_", str(name))
     if not out or out[0].isdigit():
         out = "_" + out
     return out
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+_go_float: Callable[[Any], str] = floatToGoString
 
 
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
-
-
-LabelKey = tuple[tuple[str, str], ...]
-
-
-def _key(labels: Mapping[str, Any] | None) -> LabelKey:
-    if not labels:
-        return ()
-    return tuple(sorted((_label_name(k), str(v)) for k, v in labels.items()))
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One line of the exposition: ``name{labels} value``."""
-
-    name: str
-    labels: LabelKey
-    value: float
-
-
-@dataclass(slots=True)
-class MetricFamily:
-    """A metric with its ``# HELP``/``# TYPE`` lines and its samples."""
-
-    name: str
-    kind: str  # counter | gauge | histogram
-    help: str
-    samples: list[Sample] = field(default_factory=list)
-
-    def render(self) -> str:
-        """The family in the Prometheus text format."""
-        lines = [
-            f"# HELP {self.name} {self.help.replace(chr(92), chr(92) * 2).replace(chr(10), ' ')}",
-            f"# TYPE {self.name} {self.kind}",
-        ]
-        for s in self.samples:
-            if s.labels:
-                inner = ",".join(f'{k}="{_escape(v)}"' for k, v in s.labels)
-                lines.append(f"{s.name}{{{inner}}} {_number(s.value)}")
-            else:
-                lines.append(f"{s.name} {_number(s.value)}")
-        return "\n".join(lines) + "\n"
+@lru_cache(maxsize=256)
+def bound_text(bound: float) -> str:
+    """A bucket bound as the exposition writes it (``le="0.5"``, ``le="1.0"``)."""
+    return _go_float(bound)
 
 
 class Histogram:
-    """Bucket counts (non-cumulative; the last slot is +Inf) and the sum of observations."""
+    """Bucket counts (non-cumulative; the last slot is +Inf) and the sum of observations:
+    what the bus's series count on the hot path, exposed at scrape time."""
 
     __slots__ = ("bounds", "counts", "sum")
 
@@ -147,34 +127,35 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
-    def samples(self, name: str, labels: LabelKey) -> list[Sample]:
-        """The ``_bucket`` (cumulative), ``_sum`` and ``_count`` samples of ``name``."""
-        out: list[Sample] = []
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative ``(le, count)`` pairs, ``+Inf`` last (``HistogramMetricFamily``'s
+        ``add_metric`` takes them)."""
+        out: list[tuple[str, float]] = []
         running = 0
         for bound, n in zip(self.bounds, self.counts):
             running += n
-            out.append(Sample(f"{name}_bucket", (*labels, ("le", _number(bound))), running))
-        total = running + self.counts[-1]
-        out.append(Sample(f"{name}_bucket", (*labels, ("le", "+Inf")), total))
-        out.append(Sample(f"{name}_sum", labels, self.sum))
-        out.append(Sample(f"{name}_count", labels, total))
+            out.append((bound_text(bound), running))
+        out.append(("+Inf", running + self.counts[-1]))
         return out
 
 
-@dataclass(slots=True)
-class _Family:
-    kind: str
-    help: str
-    values: dict[LabelKey, float] = field(default_factory=dict)
-    histograms: dict[LabelKey, Histogram] = field(default_factory=dict)
+class _Families:
+    """What ``generate_latest`` renders: given families, without ``_created`` samples."""
 
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = families
 
-Collector = Callable[[], Iterable[MetricFamily]]
-"""Returns metric families at scrape time (see :meth:`MetricsRegistry.add_collector`)."""
+    def collect(self) -> Iterator[Metric]:
+        for fam in self._families:
+            if any(s.name.endswith("_created") for s in fam.samples):
+                copy = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+                copy.samples = [s for s in fam.samples if not s.name.endswith("_created")]
+                fam = copy
+            yield fam
 
 
 class MetricsRegistry:
-    """Counters, gauges and histograms, rendered in the Prometheus text format.
+    """Counters, gauges and histograms on a ``prometheus_client`` registry of its own.
 
     The calls are those of spec section 9.1, with optional labels::
 
@@ -183,8 +164,9 @@ class MetricsRegistry:
         metrics.timing("message_bus.delivery_latency", latency_ms)
 
     Dots in names become underscores; a counter is exposed with the suffix ``_total`` and a
-    timing as a histogram in seconds with the suffix ``_seconds``. A name keeps the kind it was
-    first used with (``ConfigurationError`` otherwise).
+    timing as a histogram in seconds with the suffix ``_seconds``. A name keeps the kind and
+    the label names it was first used with (``ConfigurationError`` otherwise), and the help
+    text it was first given.
     """
 
     def __init__(self, *, buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
@@ -192,19 +174,41 @@ class MetricsRegistry:
         if not bounds or any(math.isnan(b) or math.isinf(b) for b in bounds):
             raise ConfigurationError("buckets must be finite numbers")
         self.buckets = bounds
-        self._families: dict[str, _Family] = {}
+        #: The ``prometheus_client`` registry holding this registry's own metrics.
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._metrics: dict[str, tuple[str, Any, tuple[str, ...]]] = {}
         self._collectors: list[Collector] = []
 
-    def _family(self, name: str, kind: str, help: str | None) -> _Family:
-        fam = self._families.get(name)
-        if fam is None:
-            fam = _Family(kind, help or name.replace("_", " "))
-            self._families[name] = fam
-        elif fam.kind != kind:
-            raise ConfigurationError(f"metric {name!r} is a {fam.kind}, not a {kind}")
-        elif help:
-            fam.help = help
-        return fam
+    def _child(
+        self, kind: str, name: str, labels: Mapping[str, Any] | None, help: str | None
+    ) -> Any:
+        """The ``prometheus_client`` child of metric ``name`` (exposed name) for ``labels``."""
+        pairs = sorted((_label_name(k), str(v)) for k, v in (labels or {}).items())
+        names = tuple(k for k, _ in pairs)
+        found = self._metrics.get(name)
+        if found is None:
+            doc = help or name.replace("_", " ")
+            base = name[: -len("_total")] if kind == "counter" else name
+            try:
+                if kind == "counter":
+                    metric: Any = Counter(base, doc, names, registry=self.registry)
+                elif kind == "gauge":
+                    metric = Gauge(base, doc, names, registry=self.registry)
+                else:
+                    metric = _PromHistogram(
+                        base, doc, names, registry=self.registry, buckets=self.buckets
+                    )
+            except ValueError as exc:
+                raise ConfigurationError(f"metric {name!r}: {exc}") from exc
+            found = self._metrics[name] = (kind, metric, names)
+        elif found[0] != kind:
+            raise ConfigurationError(f"metric {name!r} is a {found[0]}, not a {kind}")
+        elif found[2] != names:
+            raise ConfigurationError(
+                f"metric {name!r} has the labels {list(found[2])}, not {list(names)}"
+            )
+        metric = found[1]
+        return metric.labels(*(v for _, v in pairs)) if names else metric
 
     def increment(
         self,
@@ -220,9 +224,7 @@ class MetricsRegistry:
         metric = _metric_name(name)
         if not metric.endswith("_total"):
             metric += "_total"
-        fam = self._family(metric, "counter", help)
-        key = _key(labels)
-        fam.values[key] = fam.values.get(key, 0.0) + value
+        self._child("counter", metric, labels, help).inc(value)
 
     def gauge(
         self,
@@ -233,8 +235,7 @@ class MetricsRegistry:
         help: str | None = None,
     ) -> None:
         """Set the gauge ``name`` to ``value``."""
-        fam = self._family(_metric_name(name), "gauge", help)
-        fam.values[_key(labels)] = float(value)
+        self._child("gauge", _metric_name(name), labels, help).set(float(value))
 
     def observe(
         self,
@@ -245,12 +246,7 @@ class MetricsRegistry:
         help: str | None = None,
     ) -> None:
         """Record ``value`` in the histogram ``name``."""
-        fam = self._family(_metric_name(name), "histogram", help)
-        key = _key(labels)
-        hist = fam.histograms.get(key)
-        if hist is None:
-            hist = fam.histograms[key] = Histogram(self.buckets)
-        hist.observe(float(value))
+        self._child("histogram", _metric_name(name), labels, help).observe(float(value))
 
     def timing(
         self,
@@ -267,16 +263,17 @@ class MetricsRegistry:
         self.observe(metric, milliseconds / 1000.0, labels, help=help)
 
     def value(self, name: str, labels: Mapping[str, Any] | None = None) -> float | None:
-        """The current value of a counter or gauge sample (the exposed name), or None.
-
-        For a histogram, the number of observations."""
+        """The current value of a counter or gauge sample (by its exposed name, or a
+        counter's without ``_total``), or None. For a histogram, the number of
+        observations."""
+        want = {_label_name(k): str(v) for k, v in (labels or {}).items()}
         for fam in self.collect():
-            if fam.name == name or (fam.kind == "counter" and fam.name == name + "_total"):
-                want = _key(labels)
-                target = fam.name + "_count" if fam.kind == "histogram" else fam.name
-                for s in fam.samples:
-                    if s.name == target and s.labels == want:
-                        return s.value
+            if name != fam.name and not (fam.type == "counter" and name == fam.name + "_total"):
+                continue
+            target = fam.name + _SUFFIX.get(fam.type, "")
+            for s in fam.samples:
+                if s.name == target and s.labels == want:
+                    return float(s.value)
         return None
 
     def add_collector(self, collector: Collector) -> None:
@@ -288,34 +285,26 @@ class MetricsRegistry:
         if collector in self._collectors:
             self._collectors.remove(collector)
 
-    def collect(self) -> list[MetricFamily]:
-        """Every family: the registry's own, then the collectors'."""
-        out: list[MetricFamily] = []
-        for name, fam in sorted(self._families.items()):
-            mf = MetricFamily(name, fam.kind, fam.help)
-            if fam.kind == "histogram":
-                for key, hist in sorted(fam.histograms.items()):
-                    mf.samples.extend(hist.samples(name, key))
-            else:
-                mf.samples.extend(Sample(name, k, v) for k, v in sorted(fam.values.items()))
-            out.append(mf)
+    def collect(self) -> list[Metric]:
+        """Every family: the registry's own (by name), then the collectors'."""
+        out = sorted(_Families(self.registry.collect()).collect(), key=lambda f: f.name)
         for collector in list(self._collectors):
             out.extend(collector())
         return out
 
-    def render(self, *, extra: Iterable[MetricFamily] = ()) -> str:
+    def render(self, *, extra: Iterable[Metric] = ()) -> str:
         """The Prometheus text exposition (version 0.0.4) of every family.
 
         A family whose name was already rendered (e.g. from another registry in ``extra``)
         is skipped, so the output never repeats a name."""
         seen: set[str] = set()
-        parts: list[str] = []
+        families: list[Metric] = []
         for fam in [*self.collect(), *extra]:
             if fam.name in seen:
                 continue
             seen.add(fam.name)
-            parts.append(fam.render())
-        return "".join(parts)
+            families.append(fam)
+        return generate_latest(_Families(families)).decode("utf-8")
 
 
 metrics = MetricsRegistry()

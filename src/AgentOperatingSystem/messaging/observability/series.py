@@ -4,7 +4,8 @@ A series holds the counters (published, delivered, acked, nacked, dead-lettered,
 handler errors, handled) and two histograms (delivery latency, handler duration). It also
 owns the small reusable contexts the hooks return when only metrics are recorded (no spans,
 no listeners): :class:`CountPublish`, :class:`CountPublishMany` and :class:`Timer`.
-:func:`families` turns the series and the sampled queue depths into Prometheus families.
+:func:`families` turns the series and the sampled queue depths into ``prometheus_client``
+families.
 
 Reply queues (``_reply.<bus id>``) and event-stream queues (``_stream.<...>``) are counted
 under the agent labels ``_reply`` and ``_stream`` (:func:`agent_label`), so the number of
@@ -17,7 +18,9 @@ from bisect import bisect_left
 from time import perf_counter
 from typing import Any, Iterable, Mapping
 
-from .metrics import Histogram, MetricFamily, Sample
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from .metrics import Histogram, MetricFamily
 
 __all__ = [
     "COUNT_NAMES",
@@ -172,29 +175,30 @@ def families(series: Iterable[Series], depths: Mapping[str, tuple[int, int]]) ->
     """The Prometheus families of ``series`` (counters and histograms per agent label and
     message type) and of ``depths`` (queue and dead-letter depth per queue)."""
     ordered = sorted(series, key=lambda s: (s.agent, s.message_type))
+    labels = ["agent", "message_type"]
     out: list[MetricFamily] = []
     for attr, name, help_text in _COUNTERS:
-        fam = MetricFamily(name, "counter", help_text)
+        counter = CounterMetricFamily(name, help_text, labels=labels)
         for s in ordered:
-            labels = (("agent", s.agent), ("message_type", s.message_type))
-            fam.samples.append(Sample(name, labels, getattr(s, attr)))
-        out.append(fam)
+            counter.add_metric([s.agent, s.message_type], getattr(s, attr))
+        out.append(counter)
     for attr, name, help_text in _HISTOGRAMS:
-        fam = MetricFamily(name, "histogram", help_text)
+        histogram = HistogramMetricFamily(name, help_text, labels=labels)
         for s in ordered:
             hist: Histogram = getattr(s, attr)
             if any(hist.counts):
-                labels = (("agent", s.agent), ("message_type", s.message_type))
-                fam.samples.extend(hist.samples(name, labels))
-        out.append(fam)
-    depth = MetricFamily(
-        "message_bus_queue_depth", "gauge", "Messages waiting in or locked from the queue."
+                histogram.add_metric([s.agent, s.message_type], hist.buckets(), hist.sum)
+        out.append(histogram)
+    depth = GaugeMetricFamily(
+        "message_bus_queue_depth", "Messages waiting in or locked from the queue.", labels=["agent"]
     )
-    dead = MetricFamily(
-        "message_bus_dead_letter_depth", "gauge", "Messages in the queue's dead-letter queue."
+    dead = GaugeMetricFamily(
+        "message_bus_dead_letter_depth",
+        "Messages in the queue's dead-letter queue.",
+        labels=["agent"],
     )
     for queue, (d, dl) in sorted(depths.items()):
-        depth.samples.append(Sample(depth.name, (("agent", queue),), d))
-        dead.samples.append(Sample(dead.name, (("agent", queue),), dl))
+        depth.add_metric([queue], d)
+        dead.add_metric([queue], dl)
     out.extend((depth, dead))
     return out

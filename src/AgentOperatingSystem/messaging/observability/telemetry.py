@@ -26,8 +26,10 @@ no span is even created, so ``enable_tracing=True`` without an exporter costs ne
 nacked, dead-lettered and expired (counters), handler errors, the delivery latency (time from
 enqueue to handler start) and handler duration (histograms, seconds), and queue and
 dead-letter depths (gauges sampled from the engine when scraped, see :meth:`BusTelemetry.sample`).
-:class:`MetricsRegistry` holds them and renders the Prometheus text format
-(:meth:`MetricsRegistry.render`); :func:`install_metrics` adds ``GET /metrics`` to an aiohttp
+The bus counts them in plain per-series counters (no lock on the hot path) and exposes them
+through a collector of a :class:`MetricsRegistry`, which is built on ``prometheus_client``
+and renders its text format (:meth:`MetricsRegistry.render`); :func:`install_metrics` adds
+``GET /metrics`` to an aiohttp
 application. The registry also has the statsd-like calls of spec section 9.1
 (``metrics.increment``, ``metrics.gauge``, ``metrics.timing``); the module-level
 :data:`metrics` registry is the one applications use for their own metrics, and ``/metrics``
@@ -39,7 +41,7 @@ under the agent labels ``_reply`` and ``_stream`` so the number of series stays 
 This module is the package's front: it re-exports the public names of the modules that do
 the work, one concept each:
 
-* :mod:`.metrics`: the registry, its families and histograms, the Prometheus text format;
+* :mod:`.metrics`: the registry (on ``prometheus_client``), the series' bucket counts;
 * :mod:`.tracing`: W3C trace context in the metadata, and the spans of publish and handle;
 * :mod:`.series`: the bus's counters per (agent, message type) and their families;
 * :mod:`.bus_telemetry`: :class:`BusTelemetry`, the hooks the bus calls;
