@@ -17,12 +17,14 @@ import pytest
 from aiohttp import web
 
 from AgentOperatingSystem.config.forwarding import Forwarded
+from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.config.network import (
     NetworkConfig,
     NetworkSettings,
     PoolConfig,
     RetryConfig,
 )
+from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.clock import ManualClock
 from AgentOperatingSystem.messaging.codec.envelope import encode
 from AgentOperatingSystem.messaging.errors import (
@@ -683,6 +685,56 @@ async def test_resubmit_failed_reports_all_it_put_back_while_the_pump_runs(
                 got = sorted([(await next_message(q)).content["i"] for _ in range(3)])
                 assert got == [0, 1, 2]
                 assert await bus_a.queue_depth(outbox_queue("s")) == 0
+
+
+@pytest.mark.parametrize("engine", ["memory", "sqlite"])
+async def test_the_report_of_1300_failed_sends_resubmitted_is_exact_while_the_pump_runs(
+    engine: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    address = f"http://127.0.0.1:{port}"
+    clock = ManualClock(start=time.time())  # never advanced: the circuit stays open
+    config = cfg(max_retries=0, circuit_failure_threshold=1, circuit_recovery_timeout=3600)
+    url = "memory://" if engine == "memory" else f"sqlite:///{tmp_path / 'a.db'}"
+    bus = MessageBus(MessageBusConfig(broker_url=url))
+    async with bus as bus_a, memory_bus() as bus_b:
+        a = NetworkProtocol(config, bus_a, clock=clock)
+        async with a:
+            await a.register_agent("remote_agent", address)
+            for i in range(1300):
+                with pytest.raises(AgentUnreachableError):
+                    await a.send_message("s", "remote_agent", {"i": i})
+            sent = sorted(m.message_id for m in await a.get_failed_messages("s", limit=2000))
+            assert len(sent) == 1300
+
+            async def wake_the_pump() -> None:  # the pump looks all the time, racing resubmit
+                while True:
+                    a.wake_outbox()
+                    await asyncio.sleep(0.002)
+
+            waker = asyncio.create_task(wake_the_pump())
+            try:
+                report = await a.resubmit_failed("s")  # still down: all 1,300 fail again
+                assert report.delivered == [] and sorted(report.failed) == sent
+                failed = await a.get_failed_messages("s", limit=2000)
+                assert sorted(m.message_id for m in failed) == sent
+                assert {m.metadata["aos.dead_letter.reason"] for m in failed} == {"circuit_open"}
+                assert report.reasons == dict.fromkeys(sent, "circuit_open")  # per message
+
+                b = NetworkProtocol(cfg(port=port), bus_b)
+                async with b:
+                    q = await inbox(bus_b, "remote_agent")
+                    await b.register_agent("remote_agent")
+                    a.pool.reset_circuit(address)
+                    report = await a.resubmit_failed("s")  # back: all 1,300 delivered
+                    assert sorted(report.delivered) == sent and report.failed == []
+                    assert report.reasons == {}
+                    got = sorted([(await next_message(q)).content["i"] for _ in range(1300)])
+                    assert got == list(range(1300))
+                    assert await a.get_failed_messages("s") == []
+            finally:
+                waker.cancel()
+                await asyncio.gather(waker, return_exceptions=True)
 
 
 async def test_a_resubmitted_message_that_had_arrived_is_not_delivered_twice(pair: Pair) -> None:

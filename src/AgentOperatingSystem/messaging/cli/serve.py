@@ -1,6 +1,13 @@
 """``aos-messaging serve``: a :class:`Node` (bus, network node, dashboard, ``/metrics``)
 that runs until Ctrl-C or SIGTERM.
 
+Access: ``--token`` protects the dashboard, ``/admin`` and ``/metrics`` (``Authorization:
+Bearer <token>``; ``--metrics-public`` leaves ``/metrics`` open for a scraper that sends no
+credentials); ``--a2a-token`` protects the A2A JSON-RPC endpoints (agent cards stay public);
+``--auth-secret`` signs node-to-node requests. At start, each surface left open on a host
+other than loopback is logged as one WARNING (:func:`open_surfaces`), and so is
+``--allow-unsigned`` on any host.
+
 The bus, network and web modules are imported when a node is built, not when the command
 line starts, so ``aos-messaging --help`` and the remote commands stay quick.
 """
@@ -9,17 +16,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
+import ipaddress
 import logging
 import signal
 import sys
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from .output import EXIT_OK, PROG, CLIError
 
-__all__ = ["Node", "cmd_serve"]
+if TYPE_CHECKING:
+    from aiohttp import web
 
-_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+__all__ = ["Node", "cmd_serve", "is_loopback", "open_surfaces"]
+
+log = logging.getLogger("aos.messaging.cli")
+METRICS_PATH = "/metrics"
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` is only reachable from this machine (``localhost``, 127.0.0.0/8,
+    ``::1``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -33,6 +57,8 @@ class _ServeOptions:
     host: str
     port: int
     token: str | None
+    metrics_public: bool
+    a2a_token: str | None
     auth_secret: str | None
     allow_unsigned: bool
     node_id: str | None
@@ -69,6 +95,8 @@ class Node:
         host: str = "127.0.0.1",
         port: int = 8080,
         token: str | None = None,
+        metrics_public: bool = False,
+        a2a_token: str | None = None,
         auth_secret: str | None = None,
         allow_unsigned: bool = False,
         node_id: str | None = None,
@@ -78,6 +106,7 @@ class Node:
         from ...config.messagebus import MessageBusConfig
         from ...config.network import NetworkConfig
         from ...storage.manager import StorageManager
+        from ..conversation_system import ConversationSystem
         from ..core.bus import MessageBus
         from ..network.node import NetworkProtocol
 
@@ -96,8 +125,16 @@ class Node:
             net["auth_secret"] = auth_secret
         if node_id is not None:
             net["node_id"] = node_id
-        self.protocol = NetworkProtocol(NetworkConfig(**net), self.bus, storage=self.storage)
+        if a2a_token:
+            net["a2a_auth_token"] = a2a_token
+        # A2A contexts are the conversation system's conversations (their turns recorded)
+        self.conversations = ConversationSystem(self.storage)
+        self.protocol = NetworkProtocol(
+            NetworkConfig(**net), self.bus, storage=self.storage, conversations=self.conversations
+        )
         self.token = token
+        #: ``/metrics`` without the token
+        self.metrics_public = metrics_public
         self._installed = False
 
     @property
@@ -112,13 +149,16 @@ class Node:
 
         await self.bus.start()
         if not self._installed:
-            install_metrics(self.protocol.app, self.bus)
+            if self.token and not self.metrics_public:
+                self.protocol.app.middlewares.append(_metrics_guard(self.token))
+            install_metrics(self.protocol.app, self.bus, path=METRICS_PATH)
             install_dashboard(
                 self.protocol.app,
                 self.bus,
-                self.storage,
+                self.conversations,
                 token=self.token,
                 node_info={"node_id": self.protocol.node_id},
+                tasks=self.protocol.tasks,
             )
             self._installed = True
         try:
@@ -140,6 +180,60 @@ class Node:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+_Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
+
+
+def _metrics_guard(token: str) -> Any:
+    """A middleware that answers ``/metrics`` only with ``Authorization: Bearer <token>``."""
+    from aiohttp import web
+
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if request.path == METRICS_PATH:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return web.json_response(
+                    {"error": {"code": "unauthorized", "message": "missing or wrong token"}},
+                    status=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return await handler(request)
+
+    return guard
+
+
+def open_surfaces(opts: _ServeOptions) -> list[str]:
+    """One warning per surface ``serve`` leaves open: ``--allow-unsigned`` (on any host),
+    and on a host other than loopback the A2A endpoints without ``--a2a-token``, the
+    dashboard and ``/admin`` without ``--token``, ``/metrics`` without ``--token`` or
+    with ``--metrics-public``."""
+    where = f"{opts.host}:{opts.port}"
+    out: list[str] = []
+    if opts.allow_unsigned:
+        out.append(
+            f"--allow-unsigned: node-to-node messages on {where} are accepted without a"
+            " signature, from anyone who can reach the port (local development only)"
+        )
+    if is_loopback(opts.host):
+        return out
+    if not opts.a2a_token:
+        out.append(
+            f"the A2A endpoints on {where} are open to anyone who can reach the port: any"
+            " client can call every hosted agent; set --a2a-token (or $AOS_A2A_TOKEN)"
+        )
+    if not opts.token:
+        out.append(
+            f"the dashboard and /admin API on {where} are open to anyone who can reach the"
+            " port; set --token (or $AOS_ADMIN_TOKEN)"
+        )
+    if not opts.token or opts.metrics_public:
+        why = "--metrics-public" if opts.token else "no --token"
+        out.append(f"/metrics on {where} is open to anyone who can reach the port ({why})")
+    return out
 
 
 def _setup_console_tracing() -> Callable[[], None]:
@@ -176,13 +270,8 @@ def _print_banner(node: Node, opts: _ServeOptions) -> None:
     print(f"  storage    {node.storage.url}", flush=True)
     print(f"  dashboard  {url}/dashboard/", flush=True)
     print(f"  metrics    {url}/metrics", flush=True)
-    if opts.host not in _LOCAL_HOSTS and not opts.token:
-        print(
-            f"warning: the dashboard and /admin API on {opts.host} are open to anyone who"
-            " can reach this port; set --token (or $AOS_ADMIN_TOKEN)",
-            file=sys.stderr,
-            flush=True,
-        )
+    for warning in open_surfaces(opts):
+        log.warning("%s", warning)
     print("Ctrl-C to stop", file=sys.stderr, flush=True)
 
 

@@ -8,6 +8,8 @@ A request is signed with the deployment's shared secret (``NetworkConfig.auth_se
 
 and refused (``401``) when unsigned, wrongly signed, or older than ``signature_max_age``.
 Older secrets (``previous_auth_secrets``) are still accepted when verifying (key rotation).
+A message request whose signature was accepted before is refused too (``401``): see
+:mod:`.replay`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ...config.network import NetworkConfig
 from ..clock import Clock
 
 __all__ = [
+    "HEADER_NOT_BEFORE",
     "HEADER_SIGNATURE",
     "HEADER_TIMESTAMP",
     "AuthFailure",
@@ -32,6 +35,8 @@ __all__ = [
 
 HEADER_TIMESTAMP = "X-AOS-Timestamp"
 HEADER_SIGNATURE = "X-AOS-Signature"
+#: on a 503: the earliest signing time the node accepts (it started then, see :mod:`.replay`)
+HEADER_NOT_BEFORE = "X-AOS-Not-Before"
 _SIG_VERSION = "v1"
 
 #: HMAC states with the key already absorbed, one per secret: copying one is about three
@@ -62,8 +67,10 @@ def sign_request(secret: bytes, method: str, path: str, timestamp: str, body: by
 def signature_headers(
     secret: bytes, method: str, path: str, body: bytes, now: float
 ) -> dict[str, str]:
-    """The timestamp and signature headers for a request sent at ``now`` (epoch seconds)."""
-    timestamp = f"{now:.3f}"
+    """The timestamp and signature headers for a request sent at ``now`` (epoch seconds, to
+    the microsecond: two requests signed at different instants never share a signature, so
+    the receiving node's replay record refuses only a copy)."""
+    timestamp = f"{now:.6f}"
     return {
         HEADER_TIMESTAMP: timestamp,
         HEADER_SIGNATURE: sign_request(secret, method, path, timestamp, body),

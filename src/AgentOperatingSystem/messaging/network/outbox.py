@@ -132,9 +132,7 @@ class Outbox:
                             await broker.resubmit(queue, dl.message_id)
                         except DuplicateMessageError:
                             continue
-                delivered, failed = await self._drain_locked(queue)
-            report.delivered.extend(delivered)
-            report.failed.extend(failed)
+                await self._drain_locked(queue, report)
         return report
 
     def _lock(self, queue: str) -> asyncio.Lock:
@@ -143,34 +141,36 @@ class Outbox:
             lock = self._locks[queue] = asyncio.Lock()
         return lock
 
-    async def _drain(self, queue: str) -> tuple[list[str], list[str]]:
+    async def _drain(self, queue: str) -> ResubmitReport:
         """Send every live message of an outbox queue; dead-letter those that fail."""
         async with self._lock(queue):
-            return await self._drain_locked(queue)
+            return await self._drain_locked(queue, ResubmitReport())
 
-    async def _drain_locked(self, queue: str) -> tuple[list[str], list[str]]:
-        """:meth:`_drain`, the queue's lock held by the caller: (delivered, failed) ids."""
+    async def _drain_locked(self, queue: str, report: ResubmitReport) -> ResubmitReport:
+        """:meth:`_drain`, the queue's lock held by the caller; what happened to each
+        message is added to ``report``."""
         broker = self._bus.broker
         lock_seconds = self._bus.config.lock_seconds
-        delivered: list[str] = []
-        failed: list[str] = []
         while batch := await broker.receive(queue, 16, lock_seconds):
             for d in batch:
-                if await self._resend(queue, d):
-                    delivered.append(d.message_id)
+                reason = await self._resend(queue, d)
+                if reason is None:
+                    report.delivered.append(d.message_id)
                 else:
-                    failed.append(d.message_id)
-        return delivered, failed
+                    report.failed.append(d.message_id)
+                    report.reasons[d.message_id] = reason
+        return report
 
-    async def _resend(self, queue: str, d: Delivery) -> bool:
-        """Send one message of an outbox queue again: True (acked) when it was delivered,
-        False when it went back to the dead-letter queue (expired, undecodable, failed)."""
+    async def _resend(self, queue: str, d: Delivery) -> str | None:
+        """Send one message of an outbox queue again: None (acked) when it was delivered,
+        else the reason it went back to the dead-letter queue (expired, undecodable, the
+        send's failure)."""
         bus = self._bus
         broker = bus.broker
         settle = Settlement(d.message_id, d.token)
         if d.expires_at is not None and d.expires_at <= bus.clock.now():
             await broker.dead_letter(queue, settle, reason="expired")
-            return False
+            return "expired"
         try:
             if d.message is not None:
                 msg, options = d.message, d.options
@@ -179,15 +179,15 @@ class Outbox:
                 msg, options = decode(d.body or b"", max_bytes=limit)
         except MessagingError as exc:
             await broker.dead_letter(queue, settle, reason="undecodable", error=error_text(exc))
-            return False
+            return "undecodable"
         try:
             await self._route(msg, options, report_failure=False)
         except MessagingError as exc:
             reason = "unknown_agent" if isinstance(exc, UnknownAgentError) else failure_reason(exc)
             await broker.dead_letter(queue, settle, reason=reason, error=error_text(exc))
-            return False
+            return reason
         await broker.ack(queue, [settle])
-        return True
+        return None
 
     # -- the pump ------------------------------------------------------------------------
 

@@ -7,11 +7,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
+from ..core.context import current
 from ..errors import AgentUnreachableError, CircuitOpenError, InvalidMessageError
-from ..policy import DeliveryOptions
+from ..policy import DEFAULT_OPTIONS, DeliveryOptions
 from ..types import Message, MessagePriority, MessageType
 
-__all__ = ["FailureHook", "ResubmitReport", "SendReceipt", "as_message", "failure_reason"]
+__all__ = [
+    "FailureHook",
+    "ResubmitReport",
+    "SendReceipt",
+    "as_message",
+    "failure_reason",
+    "send_options",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,11 +42,14 @@ class SendReceipt:
 
 @dataclass(slots=True)
 class ResubmitReport:
-    """Outcome of :meth:`NetworkProtocol.resubmit_failed`: ids delivered, ids that failed
-    again (back in the dead-letter queue)."""
+    """Outcome of :meth:`NetworkProtocol.resubmit_failed`, per message: ids delivered, ids
+    that failed again (back in the dead-letter queue), and why each of those failed
+    (``reasons[id]``: ``unreachable``, ``circuit_open``, ``rejected``, ``unknown_agent``,
+    ``expired`` or ``undecodable``)."""
 
     delivered: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
 
 
 FailureHook = Callable[[Message, DeliveryOptions, str, BaseException], Awaitable[None]]
@@ -101,3 +112,13 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, AgentUnreachableError):
         return "circuit_open" if isinstance(exc.__cause__, CircuitOpenError) else "unreachable"
     return "rejected"
+
+
+def send_options() -> DeliveryOptions:
+    """The delivery options of a send: made inside a handler, one hop more than the message
+    it handles, which is its cause (so the loop guard counts sends between nodes too);
+    ``DEFAULT_OPTIONS`` outside one."""
+    running = current.get()
+    if running is None:
+        return DEFAULT_OPTIONS
+    return DeliveryOptions(hops=running.options.hops + 1, causation_id=running.message.message_id)

@@ -11,6 +11,7 @@ open). The :class:`~.pool.ConnectionPool` sends through it, and so do its batchi
 
 from __future__ import annotations
 
+import math
 import random
 
 import aiohttp
@@ -23,7 +24,7 @@ from ...config.network import NetworkConfig
 from ...reliability.circuit_breaker import CircuitBreaker
 from ..clock import Clock
 from ..errors import AgentUnreachableError, CircuitOpenError, NetworkError, error_text
-from .auth import signature_headers
+from .auth import HEADER_NOT_BEFORE, signature_headers
 from .wire import CLOUDEVENTS_JSON, HEADER_NODE, normalize_address, remote_error
 
 __all__ = ["Result", "Transport"]
@@ -72,9 +73,14 @@ class Transport:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._closed = False
         self._rng = random.Random()
+        self._last_stamp = 0.0
+        #: per node: the earliest signing time it accepts (its ``X-AOS-Not-Before``)
+        self._not_before: dict[str, float] = {}
         self._opened_before = 0
         #: Requests sent so far, retries included.
         self.requests_sent = 0
+        #: Requests signed again from a node's ``X-AOS-Not-Before`` (within one attempt).
+        self.resigned = 0
 
     @property
     def closed(self) -> bool:
@@ -152,6 +158,30 @@ class Transport:
             base *= 1.0 + self._rng.uniform(-retry.jitter, retry.jitter)
         return max(0.0, base)
 
+    def _stamp(self, origin: str) -> float:
+        """The signing time of a request to ``origin``: the clock, moved on by a microsecond
+        when it has not moved since the last request, so each attempt has a signature of its
+        own (the receiver refuses a signature it has seen: :mod:`.replay`), and never before
+        the time the node said it accepts from."""
+        now = max(self.clock.now(), self._not_before.get(origin, 0.0))
+        if now <= self._last_stamp:
+            now = self._last_stamp + 1e-6
+        self._last_stamp = now
+        return now
+
+    def _learn_not_before(self, origin: str, value: str | None) -> bool:
+        """Take a node's ``X-AOS-Not-Before`` (at most ``signature_max_age`` ahead of this
+        clock); True when it moves this side's signing time for that node."""
+        try:
+            floor = float(value) if value else math.nan
+        except ValueError:
+            return False
+        now = self.clock.now()
+        if not now < floor <= now + self.config.auth.signature_max_age:
+            return False
+        self._not_before[origin] = floor
+        return True
+
     async def _once(
         self,
         method: str,
@@ -160,27 +190,37 @@ class Transport:
         signed: bool,
         content_type: str = CLOUDEVENTS_JSON,
     ) -> tuple[int, bytes]:
+        origin = _origin(url)
+        self.requests_sent += 1
+        status, payload, not_before = await self._request(method, url, body, signed, content_type)
+        if status == 503 and signed and self._learn_not_before(origin, not_before):
+            # the node started after this was signed and keeps its replay records in
+            # memory: signed again from its start time, this is the same attempt
+            self.resigned += 1
+            status, payload, _ = await self._request(method, url, body, signed, content_type)
+        if status >= 500 or status == 429:
+            code, text = remote_error(payload)
+            raise _Transient(f"HTTP {status} {code}: {text}", status)
+        return status, payload
+
+    async def _request(
+        self, method: str, url: URL, body: bytes, signed: bool, content_type: str
+    ) -> tuple[int, bytes, str | None]:
+        """One HTTP request: ``(status, body, X-AOS-Not-Before)``."""
         session = self.session()
         headers = {HEADER_NODE: self.node_id}
         if body:
             headers["Content-Type"] = content_type
         if signed and self._secret is not None:
-            headers.update(
-                signature_headers(self._secret, method, url.raw_path_qs, body, self.clock.now())
-            )
-        self.requests_sent += 1
+            stamp = self._stamp(_origin(url))
+            headers.update(signature_headers(self._secret, method, url.raw_path_qs, body, stamp))
         try:
             async with session.request(
                 method, url, data=body if body else None, headers=headers
             ) as resp:
-                payload = await resp.read()
-                status = resp.status
+                return resp.status, await resp.read(), resp.headers.get(HEADER_NOT_BEFORE)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _Transient(error_text(exc)) from exc
-        if status >= 500 or status == 429:
-            code, text = remote_error(payload)
-            raise _Transient(f"HTTP {status} {code}: {text}", status)
-        return status, payload
 
     async def exchange(
         self,
