@@ -118,12 +118,11 @@ async def test_agent_card(node: Node) -> None:
     assert [s["id"] for s in card["skills"]] == ["financial_analysis", "forecasting"]
     assert card["capabilities"]["streaming"] is True
     assert card["url"] == node.agent_url("analyst")
-    (v1,) = [i for i in card["supportedInterfaces"] if i["protocolVersion"] == "1.0"]
-    assert v1 == {
-        "url": node.agent_url("analyst"),
-        "protocolBinding": "JSONRPC",
-        "protocolVersion": "1.0",
-    }
+    v1 = [i for i in card["supportedInterfaces"] if i["protocolVersion"] == "1.0"]
+    assert v1 == [
+        {"url": node.agent_url("analyst"), "protocolBinding": binding, "protocolVersion": "1.0"}
+        for binding in ("JSONRPC", "HTTP+JSON")
+    ]
     assert "securitySchemes" not in card
     # the SDK's resolver accepts it
     async with httpx.AsyncClient() as hc:
@@ -276,7 +275,14 @@ async def test_json_rpc_errors_and_legacy_shapes(node: Node) -> None:
         url, {"jsonrpc": "2.0", "id": 4, "method": "SendMessage", "params": bad_part}
     )
     assert out["error"]["code"] == -32602
-    continue_task = {"message": {"messageId": "x", "taskId": "unknown", "parts": [{"text": "hi"}]}}
+    continue_task = {
+        "message": {
+            "messageId": "x",
+            "role": "ROLE_USER",
+            "taskId": "unknown",
+            "parts": [{"text": "hi"}],
+        }
+    }
     _, out = await rpc(
         url, {"jsonrpc": "2.0", "id": 5, "method": "SendMessage", "params": continue_task}
     )
@@ -361,19 +367,23 @@ async def test_bearer_token_protects_the_json_rpc_endpoint() -> None:
         await bus.stop()
 
 
-async def test_an_agent_that_does_not_answer_fails_the_task() -> None:
+async def test_an_agent_that_does_not_answer_in_time_leaves_the_task_working() -> None:
     protocol, bus = await start_node(a2a_request_timeout=0.2)
     await bus.subscribe("mute", [MessageType.QUERY], lambda m: None)
     await protocol.register_agent("mute")
     try:
-        params = {"message": {"messageId": "m", "parts": [{"text": "hello?"}]}}
+        params = {"message": {"messageId": "m", "role": "ROLE_USER", "parts": [{"text": "hello?"}]}}
         _, out = await rpc(
             f"{protocol.url}/agents/mute",
             {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": params},
         )
-        status = out["result"]["task"]["status"]
-        assert status["state"] == "TASK_STATE_FAILED"
-        assert "did not answer" in status["message"]["parts"][0]["text"]
+        task = out["result"]["task"]
+        assert task["status"]["state"] == "TASK_STATE_WORKING"  # answered as it stands
+        _, out = await rpc(
+            f"{protocol.url}/agents/mute",
+            {"jsonrpc": "2.0", "id": 2, "method": "GetTask", "params": {"id": task["id"]}},
+        )
+        assert out["result"]["status"]["state"] == "TASK_STATE_WORKING"
     finally:
         await protocol.stop()
         await bus.stop()
@@ -385,7 +395,7 @@ async def test_stopping_the_node_ends_open_streams(node: Node) -> None:
         "jsonrpc": "2.0",
         "id": 1,
         "method": "SendStreamingMessage",
-        "params": {"message": {"messageId": "m", "parts": [{"text": "slow"}]}},
+        "params": {"message": {"messageId": "m", "role": "ROLE_USER", "parts": [{"text": "slow"}]}},
     }
     frames: list[dict[str, Any]] = []
     async with aiohttp.ClientSession() as s:
@@ -398,4 +408,6 @@ async def test_stopping_the_node_ends_open_streams(node: Node) -> None:
     states = [
         f["result"].get("statusUpdate", {}).get("status", {}).get("state") for f in frames[1:]
     ]
-    assert states == ["TASK_STATE_WORKING", "TASK_STATE_CANCELED"]
+    # The stream ended with the node; the task is not canceled: it lives on in the store,
+    # for a node that starts on it again (tests/network/a2a/test_a2a_tasks.py).
+    assert states == ["TASK_STATE_WORKING"]

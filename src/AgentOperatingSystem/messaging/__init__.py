@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "MessageBus": ".core.bus",
     "PublishResult": ".core.bus",
     "Subscription": ".core.bus",
+    "InputRequired": ".core.turns",
     "MessageRouter": ".router",
     "ConversationSystem": ".conversation_system",
     "NetworkProtocol": ".network.node",

@@ -1,6 +1,10 @@
-"""The A2A Agent Card of a hosted agent: its JSON-RPC interfaces (A2A 1.0 and 0.3), its
+"""The A2A Agent Card of a hosted agent: its interfaces (JSON-RPC 1.0, HTTP+JSON 1.0 and
+JSON-RPC 0.3, all at the agent's URL), its
 capabilities as skills, and the bearer scheme when the endpoints need a token. Served at
-``{node}/agents/{agent_id}/.well-known/agent-card.json``; cards are always public."""
+``{node}/agents/{agent_id}/.well-known/agent-card.json`` and, for the node's primary agent,
+at ``{node}/.well-known/agent-card.json``; cards are always public. When the endpoints need
+a token, the card declares the extended card (``GetExtendedAgentCard``), which adds the
+node's details for authenticated clients."""
 
 from __future__ import annotations
 
@@ -19,9 +23,12 @@ except Exception:  # pragma: no cover
     _VERSION = "0.0.0"
 
 
-def agent_card(info: AgentInfo, base: str, *, bearer: bool) -> dict[str, Any]:
+def agent_card(
+    info: AgentInfo, base: str, *, bearer: bool, extended: bool = False, push: bool = False
+) -> dict[str, Any]:
     """The card of the agent ``info`` on the node at ``base``; ``bearer`` when its JSON-RPC
-    endpoint requires ``Authorization: Bearer <token>``."""
+    endpoint requires ``Authorization: Bearer <token>``; ``extended``: the extended card
+    (for an authenticated client); ``push`` when push notifications are sent."""
     endpoint = f"{base}/agents/{quote(info.agent_id, safe='')}"
     meta = info.metadata
     card: dict[str, Any] = {
@@ -30,10 +37,15 @@ def agent_card(info: AgentInfo, base: str, *, bearer: bool) -> dict[str, Any]:
         "version": _VERSION,
         "supportedInterfaces": [
             {"url": endpoint, "protocolBinding": "JSONRPC", "protocolVersion": "1.0"},
+            {"url": endpoint, "protocolBinding": "HTTP+JSON", "protocolVersion": "1.0"},
             {"url": endpoint, "protocolBinding": "JSONRPC", "protocolVersion": "0.3"},
         ],
         "provider": {"organization": "Agent Operating System", "url": base},
-        "capabilities": {"streaming": True, "pushNotifications": False},
+        "capabilities": {
+            "streaming": True,
+            "pushNotifications": push,
+            "extendedAgentCard": bearer,
+        },
         "defaultInputModes": ["text/plain", "application/json"],
         "defaultOutputModes": ["text/plain", "application/json"],
         "skills": [
@@ -50,6 +62,11 @@ def agent_card(info: AgentInfo, base: str, *, bearer: bool) -> dict[str, Any]:
         "preferredTransport": "JSONRPC",
         "protocolVersion": "0.3.0",
     }
+    if extended:
+        card["skills"] = [
+            {**skill, "examples": [f"ask {info.agent_id!r} about {skill['name']}"]}
+            for skill in card["skills"]
+        ]
     if bearer:
         card["securitySchemes"] = {"bearer": {"httpAuthSecurityScheme": {"scheme": "Bearer"}}}
         card["securityRequirements"] = [{"schemes": {"bearer": {"list": []}}}]

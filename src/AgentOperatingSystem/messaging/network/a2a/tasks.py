@@ -11,10 +11,21 @@ from typing import Any, Mapping
 
 from .parts import render_part
 
-__all__ = ["TERMINAL", "A2AMessage", "A2ATask", "render_artifact", "render_event"]
+__all__ = [
+    "INTERRUPTED",
+    "STATE_V1",
+    "TERMINAL",
+    "A2AMessage",
+    "A2ATask",
+    "parse_state",
+    "render_artifact",
+    "render_event",
+]
 
 #: States a task does not leave.
 TERMINAL = frozenset({"completed", "failed", "canceled", "rejected"})
+#: States in which a task waits for its client (a blocking call returns in them).
+INTERRUPTED = frozenset({"input-required", "auth-required"})
 STATE_V1 = {
     "submitted": "TASK_STATE_SUBMITTED",
     "working": "TASK_STATE_WORKING",
@@ -25,6 +36,14 @@ STATE_V1 = {
     "input-required": "TASK_STATE_INPUT_REQUIRED",
     "auth-required": "TASK_STATE_AUTH_REQUIRED",
 }
+
+
+_STATE_OF = {**{v: k for k, v in STATE_V1.items()}, **{k: k for k in STATE_V1}}
+
+
+def parse_state(value: str) -> str | None:
+    """The state named ``value`` (``TASK_STATE_WORKING`` or the 0.3 ``working``), or None."""
+    return _STATE_OF.get(value)
 
 
 def stamp() -> str:
@@ -58,22 +77,87 @@ class A2AMessage:
             out["kind"] = "message"
         return out
 
+    def record(self) -> dict[str, Any]:
+        """The message as the task store keeps it."""
+        return {
+            "message_id": self.message_id,
+            "role": self.role,
+            "parts": self.parts,
+            "context_id": self.context_id,
+            "task_id": self.task_id,
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> A2AMessage:
+        """The message of a :meth:`record`."""
+        return cls(
+            rec["message_id"],
+            rec["role"],
+            list(rec["parts"]),
+            rec["context_id"],
+            rec["task_id"],
+            rec.get("metadata"),
+        )
+
 
 @dataclass
 class A2ATask:
-    """A task: its state and history, the artifacts of the agent's answer, the runner that
-    asks the agent, and the queues of the streams that listen to it."""
+    """A task: whose it is (agent, caller), its state and history, the artifacts of the
+    agent's answers, its push configs, and the queues of the streams and calls that listen
+    to it."""
 
     id: str
     context_id: str
     agent_id: str
+    owner: str = ""
     state: str = "submitted"
     history: list[A2AMessage] = field(default_factory=list)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     status_message: A2AMessage | None = None
     timestamp: str = field(default_factory=stamp)
-    runner: asyncio.Task[None] | None = None
+    turns: int = 0
+    push: list[dict[str, Any]] = field(default_factory=list)
+    events: int = 0
     listeners: list[asyncio.Queue[tuple[str, Any]]] = field(default_factory=list)
+    #: events not yet handed to push notifications (see :meth:`drain`)
+    changes: list[tuple[str, Any]] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        """The task as the task store keeps it (not its listeners)."""
+        return {
+            "id": self.id,
+            "context_id": self.context_id,
+            "agent_id": self.agent_id,
+            "owner": self.owner,
+            "state": self.state,
+            "history": [m.record() for m in self.history],
+            "artifacts": self.artifacts,
+            "status_message": None if self.status_message is None else self.status_message.record(),
+            "timestamp": self.timestamp,
+            "turns": self.turns,
+            "push": self.push,
+            "events": self.events,
+        }
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> A2ATask:
+        """The task of a :meth:`record`."""
+        status = rec.get("status_message")
+        return cls(
+            rec["id"],
+            rec["context_id"],
+            rec["agent_id"],
+            rec.get("owner", ""),
+            rec["state"],
+            [A2AMessage.from_record(m) for m in rec.get("history", [])],
+            list(rec.get("artifacts", [])),
+            None if status is None else A2AMessage.from_record(status),
+            rec["timestamp"],
+            int(rec.get("turns", 0)),
+            list(rec.get("push", [])),
+            int(rec.get("events", 0)),
+        )
 
     @property
     def terminal(self) -> bool:
@@ -90,8 +174,11 @@ class A2ATask:
             out["message"] = self.status_message.render(legacy)
         return out
 
-    def render(self, legacy: bool, history_length: int | None = None) -> dict[str, Any]:
-        """The task object, with the last ``history_length`` messages (all when None)."""
+    def render(
+        self, legacy: bool, history_length: int | None = None, *, artifacts: bool = True
+    ) -> dict[str, Any]:
+        """The task object, with the last ``history_length`` messages (all when None), and
+        its artifacts unless ``artifacts`` is False."""
         history = self.history
         if history_length is not None:
             history = history[-history_length:] if history_length > 0 else []
@@ -99,7 +186,7 @@ class A2ATask:
             "id": self.id,
             "contextId": self.context_id,
             "status": self.status(legacy),
-            "artifacts": [render_artifact(a, legacy) for a in self.artifacts],
+            "artifacts": [render_artifact(a, legacy) for a in self.artifacts] if artifacts else [],
             "history": [m.render(legacy) for m in history],
         }
         if legacy:
@@ -108,8 +195,21 @@ class A2ATask:
 
     def emit(self, event: tuple[str, Any]) -> None:
         """Hand ``event`` (``("status", ...)`` or ``("artifact", ...)``) to every listener."""
+        if event[0] in ("status", "artifact"):
+            self.changes.append(event)
         for q in self.listeners:
             q.put_nowait(event)
+
+    def take(self, newer: A2ATask) -> None:
+        """Take the state of ``newer`` (the same task, as the store has it now)."""
+        self.state, self.history, self.artifacts = newer.state, newer.history, newer.artifacts
+        self.status_message, self.timestamp = newer.status_message, newer.timestamp
+        self.turns, self.push, self.events = newer.turns, newer.push, newer.events
+
+    def drain(self) -> list[tuple[str, Any]]:
+        """The events since the last call (each task update, once)."""
+        events, self.changes = self.changes, []
+        return events
 
     def set_state(self, state: str, message: A2AMessage | None = None) -> None:
         """Move to ``state`` (with the agent's ``message``) and tell the listeners."""
@@ -117,6 +217,11 @@ class A2ATask:
         self.timestamp = stamp()
         self.status_message = message
         self.emit(("status", (state, message, self.timestamp)))
+
+    @property
+    def interrupted(self) -> bool:
+        """True while the task waits for its client (input or authentication)."""
+        return self.state in INTERRUPTED
 
     def finish(self, state: str, text: str | None = None) -> None:
         """End in ``state``, with ``text`` as the agent's status message."""
@@ -134,6 +239,12 @@ class A2ATask:
         reply = A2AMessage(uuid.uuid4().hex, "agent", parts, self.context_id, self.id)
         self.history.append(reply)
         self.set_state("completed", reply)
+
+    def ask(self, parts: list[dict[str, Any]]) -> None:
+        """Wait for the client: ``input-required``, with the agent's question as a message."""
+        question = A2AMessage(uuid.uuid4().hex, "agent", parts, self.context_id, self.id)
+        self.history.append(question)
+        self.set_state("input-required", question)
 
 
 def render_artifact(artifact: Mapping[str, Any], legacy: bool) -> dict[str, Any]:
@@ -163,5 +274,6 @@ def render_event(task: A2ATask, event: tuple[str, Any], legacy: bool) -> dict[st
     if message is not None:
         status["message"] = message.render(legacy)
     if legacy:
-        return {"kind": "status-update", **ids, "status": status, "final": state in TERMINAL}
+        final = state in TERMINAL or state in INTERRUPTED
+        return {"kind": "status-update", **ids, "status": status, "final": final}
     return {"statusUpdate": {**ids, "status": status}}
