@@ -8,7 +8,13 @@ registry through ``storage_url`` when given, registers and subscribes its agents
 * ``record`` -- append each received message as one JSON line to ``<name>-received.jsonl``
   (one ``write`` per line on an ``O_APPEND`` descriptor, so a SIGKILL never leaves half a line)
   and answer ``{"ok": true}``;
-* ``echo`` -- record, then answer ``{"text": "echo: <text>"}``.
+* ``echo`` -- record, then answer ``{"text": "echo: <text>"}``;
+* ``silent`` -- record and never answer;
+* ``bounce`` -- record, then publish the content on to the agent ``to`` (from the handler, so
+  the hop count grows).
+
+``remote_agents=[{"agent_id", "address"}]`` are registered on other nodes once the child
+serves (its bus then reaches them, see ``network/relay.py``).
 
 The child is stopped by PID (SIGTERM for a clean stop, SIGKILL for a crash), asks Linux to kill
 it if the test process dies, and restarts on the same port, so peers keep its address.
@@ -54,6 +60,7 @@ class NodeProcess:
         port: int = 0,
         config: dict[str, Any] | None = None,
         bus_config: dict[str, Any] | None = None,
+        remote_agents: list[dict[str, Any]] | None = None,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.name = name
@@ -66,6 +73,7 @@ class NodeProcess:
             "name": name,
             "secret": secret,
             "agents": agents,
+            "remote_agents": list(remote_agents or []),
             "bus_url": bus_url or f"sqlite:///{self.base_dir / f'{name}-bus.db'}",
             "storage_url": storage_url,
             "config": dict(config or {}),
@@ -201,11 +209,20 @@ async def _child(spec: dict[str, Any]) -> None:  # pragma: no cover - runs in th
         }
         os.write(fd, (json.dumps(line) + "\n").encode())
 
-    def make_handler(agent_id: str, behaviour: str) -> Any:
-        def handler(msg: Message) -> dict[str, Any]:
+    def make_handler(agent_id: str, agent: dict[str, Any]) -> Any:
+        behaviour = agent.get("behaviour", "record")
+
+        async def handler(msg: Message) -> dict[str, Any] | None:
             record(agent_id, msg)
             if behaviour == "echo":
                 return {"text": f"echo: {msg.content.get('text', '')}"}
+            if behaviour == "silent":
+                return None
+            if behaviour == "bounce":
+                await bus.publish(
+                    Message(sender_id=agent_id, recipient_id=agent["to"], content=msg.content)
+                )
+                return None
             return {"ok": True}
 
         return handler
@@ -227,12 +244,10 @@ async def _child(spec: dict[str, Any]) -> None:  # pragma: no cover - runs in th
         node = NetworkProtocol(config, bus, storage=storage)
         for agent in spec["agents"]:
             await node.register_agent(agent["agent_id"], None, agent.get("capabilities", []))
-            await bus.subscribe(
-                agent["agent_id"],
-                None,
-                make_handler(agent["agent_id"], agent.get("behaviour", "record")),
-            )
+            await bus.subscribe(agent["agent_id"], None, make_handler(agent["agent_id"], agent))
         async with node:
+            for remote in spec.get("remote_agents", []):
+                await node.register_agent(remote["agent_id"], remote["address"])
             tmp = spec["ready_path"] + ".tmp"
             with open(tmp, "w") as f:
                 json.dump({"url": node.url, "port": int(node.url.rsplit(":", 1)[1])}, f)

@@ -12,7 +12,8 @@ public unless ``a2a_auth_token`` is set, in which case they require
 The settings are grouped by concern, one small dataclass each, validated on its own:
 :class:`ServerConfig`, :class:`AuthConfig`, :class:`PoolConfig`, :class:`RetryConfig`,
 :class:`CircuitConfig`, :class:`BatchConfig`, :class:`RegistryConfig`,
-:class:`OutboxConfig` and :class:`A2AConfig`. :class:`NetworkConfig` holds one of each
+:class:`OutboxConfig`, :class:`A2AConfig` and :class:`LimitsConfig`. :class:`NetworkConfig`
+holds one of each
 (``config.retry``, ``config.a2a``, ...) and also takes and reads every setting by its flat
 name, so ``NetworkConfig(port=8080, auth_secret=..., max_retries=5)`` and
 ``config.max_retries`` work as they always did; a flat keyword is applied on top of the
@@ -35,6 +36,7 @@ __all__ = [
     "AuthConfig",
     "BatchConfig",
     "CircuitConfig",
+    "LimitsConfig",
     "NetworkConfig",
     "NetworkKeywords",
     "NetworkSettings",
@@ -140,12 +142,17 @@ class AuthConfig:
     them; ``previous_auth_secrets`` are still accepted when verifying (key rotation);
     ``signature_max_age`` is the accepted clock skew of a request's timestamp;
     ``allow_unsigned`` accepts unsigned node requests when no secret is set.
+    ``cloudevents_token`` (>= 16 bytes) is the bearer token foreign producers present on the
+    CloudEvents HTTP route (``POST /aos/v1/agents/{agent_id}/events``, see
+    :mod:`~AgentOperatingSystem.messaging.network.cloudevents`); without one that route
+    refuses every request (``401``) unless ``allow_unsigned`` is True (development only).
     """
 
     auth_secret: str | bytes | None = field(default_factory=_env_secret)
     previous_auth_secrets: Sequence[str | bytes] = ()
     allow_unsigned: bool = False
     signature_max_age: float = 300.0
+    cloudevents_token: str | None = None
 
     def __post_init__(self) -> None:
         if self.auth_secret is not None:
@@ -156,6 +163,10 @@ class AuthConfig:
             _secret_bytes(old, "previous_auth_secrets entry")
         self.previous_auth_secrets = tuple(self.previous_auth_secrets)
         _positive("signature_max_age", self.signature_max_age)
+        if self.cloudevents_token is not None:
+            if not isinstance(self.cloudevents_token, str):
+                raise ConfigurationError("cloudevents_token must be a string or None")
+            _secret_bytes(self.cloudevents_token, "cloudevents_token")
 
     @property
     def secret(self) -> bytes | None:
@@ -292,19 +303,67 @@ class OutboxConfig:
 class A2AConfig:
     """The A2A endpoints: ``enabled`` serves agent cards and the JSON-RPC endpoints;
     ``auth_token`` protects the JSON-RPC endpoints; ``request_timeout`` bounds how long an
-    A2A call waits for the agent; ``max_tasks`` finished tasks are remembered for
-    ``GetTask``. Flat names: ``a2a_enabled``, ``a2a_auth_token``, ``a2a_request_timeout``,
-    ``a2a_max_tasks``."""
+    A2A call waits for the agent (past it the task is answered as it stands, working, and the
+    agent's later answer is folded into it); at most ``max_tasks`` tasks are kept (finished
+    ones are removed first); ``primary_agent`` is the agent whose card the node serves at
+    its own ``/.well-known/agent-card.json`` (default: the first agent registered). Flat
+    names: ``a2a_enabled``, ``a2a_auth_token``, ``a2a_request_timeout``, ``a2a_max_tasks``,
+    ``a2a_primary_agent``. Push notifications (off by default: they make the node call URLs
+    its clients give) are declared and sent when ``push_notifications`` is True, each event
+    through the durable bus queue ``aos.a2a.push``, tried ``push_max_attempts`` times with a
+    backoff from ``push_retry_delay`` seconds, then dead-lettered with the reason (flat
+    names ``a2a_push_notifications``, ``a2a_push_max_attempts``, ``a2a_push_retry_delay``)."""
 
     enabled: bool = True
     auth_token: str | None = None
     request_timeout: float = 60.0
     max_tasks: int = 1000
+    primary_agent: str | None = None
+    push_notifications: bool = False
+    push_max_attempts: int = 5
+    push_retry_delay: float = 1.0
 
     def __post_init__(self) -> None:
         _optional_text("a2a_auth_token", self.auth_token)
+        _optional_text("a2a_primary_agent", self.primary_agent)
+        _int_at_least("a2a_push_max_attempts", self.push_max_attempts, 1)
+        _non_negative("a2a_push_retry_delay", self.push_retry_delay)
         _positive("a2a_request_timeout", self.request_timeout)
         _int_at_least("a2a_max_tasks", self.max_tasks, 1)
+
+
+@dataclass
+class LimitsConfig:
+    """What the node's HTTP server lets a client hold (safe defaults; all times in seconds).
+
+    * ``max_inbound_connections`` -- connections open at once, in all; never more than half
+      the process's open-file limit (``RLIMIT_NOFILE``), so the rest stays for the store, the
+      engine and outgoing connections;
+    * ``max_connections_per_client`` -- connections open at once from one client address
+      (0: no per-address cap);
+    * ``header_timeout`` -- a request's line and headers must arrive within this time of the
+      connection opening (or of its first byte on a kept-alive connection);
+    * ``body_timeout`` -- the whole body must arrive within this time of the headers;
+    * ``keepalive_timeout`` -- an idle kept-alive connection is closed after this time.
+
+    Past a limit the node first closes the connection that has waited longest without a
+    complete request (idle, or still sending headers or body); when every connection is
+    busy with a request, the newcomer is answered ``503`` and closed. A timed-out request is
+    answered ``408`` and closed.
+    """
+
+    max_inbound_connections: int = 1024
+    max_connections_per_client: int = 128
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+
+    def __post_init__(self) -> None:
+        _int_at_least("max_inbound_connections", self.max_inbound_connections, 1)
+        _int_at_least("max_connections_per_client", self.max_connections_per_client, 0)
+        _positive("header_timeout", self.header_timeout)
+        _positive("body_timeout", self.body_timeout)
+        _positive("keepalive_timeout", self.keepalive_timeout)
 
 
 # ---------------------------------------------------------------------------- the whole
@@ -323,6 +382,7 @@ class NetworkSettings(TypedDict, total=False):
     previous_auth_secrets: Sequence[str | bytes]
     allow_unsigned: bool
     signature_max_age: float
+    cloudevents_token: str | None
     max_connections: int
     max_connections_per_host: int
     idle_timeout: float
@@ -345,6 +405,15 @@ class NetworkSettings(TypedDict, total=False):
     a2a_auth_token: str | None
     a2a_request_timeout: float
     a2a_max_tasks: int
+    a2a_primary_agent: str | None
+    a2a_push_notifications: bool
+    a2a_push_max_attempts: int
+    a2a_push_retry_delay: float
+    max_inbound_connections: int
+    max_connections_per_client: int
+    header_timeout: float
+    body_timeout: float
+    keepalive_timeout: float
 
 
 class NetworkKeywords(NetworkSettings, total=False):
@@ -360,6 +429,7 @@ class NetworkKeywords(NetworkSettings, total=False):
     registry: RegistryConfig | None
     outbox: OutboxConfig | None
     a2a: A2AConfig | None
+    limits: LimitsConfig | None
 
 
 _GROUPS: dict[str, type[Any]] = {
@@ -372,6 +442,7 @@ _GROUPS: dict[str, type[Any]] = {
     "registry": RegistryConfig,
     "outbox": OutboxConfig,
     "a2a": A2AConfig,
+    "limits": LimitsConfig,
 }
 
 
@@ -379,8 +450,8 @@ _GROUPS: dict[str, type[Any]] = {
 class NetworkConfig:
     """Settings of one network node (all times in seconds), one group per concern:
     :attr:`server`, :attr:`auth`, :attr:`pool`, :attr:`retry`, :attr:`circuit`,
-    :attr:`batching`, :attr:`registry`, :attr:`outbox`, :attr:`a2a` (each group's class
-    says what its settings do).
+    :attr:`batching`, :attr:`registry`, :attr:`outbox`, :attr:`a2a`, :attr:`limits` (each
+    group's class says what its settings do).
 
     ``NetworkConfig(**settings)`` takes every setting by its flat name (see
     :class:`NetworkSettings`; ``port=8080``, ``max_retries=5``, ``a2a_auth_token=...``), and
@@ -398,6 +469,7 @@ class NetworkConfig:
     registry: RegistryConfig
     outbox: OutboxConfig
     a2a: A2AConfig
+    limits: LimitsConfig
 
     def __init__(self, **settings: Unpack[NetworkKeywords]) -> None:
         given: dict[str, Any] = {}
@@ -438,6 +510,7 @@ class NetworkConfig:
     previous_auth_secrets = Forwarded[Sequence[str | bytes]]("auth")
     allow_unsigned = Forwarded[bool]("auth")
     signature_max_age = Forwarded[float]("auth")
+    cloudevents_token = Forwarded[str | None]("auth")
     max_connections = Forwarded[int]("pool")
     max_connections_per_host = Forwarded[int]("pool")
     idle_timeout = Forwarded[float]("pool")
@@ -460,6 +533,15 @@ class NetworkConfig:
     a2a_auth_token = Forwarded[str | None]("a2a", "auth_token")
     a2a_request_timeout = Forwarded[float]("a2a", "request_timeout")
     a2a_max_tasks = Forwarded[int]("a2a", "max_tasks")
+    a2a_primary_agent = Forwarded[str | None]("a2a", "primary_agent")
+    a2a_push_notifications = Forwarded[bool]("a2a", "push_notifications")
+    a2a_push_max_attempts = Forwarded[int]("a2a", "push_max_attempts")
+    a2a_push_retry_delay = Forwarded[float]("a2a", "push_retry_delay")
+    max_inbound_connections = Forwarded[int]("limits")
+    max_connections_per_client = Forwarded[int]("limits")
+    header_timeout = Forwarded[float]("limits")
+    body_timeout = Forwarded[float]("limits")
+    keepalive_timeout = Forwarded[float]("limits")
 
     # -- derived -------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ stage is ``put_local`` and the other stages have nothing to do, so it is put at 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence, TypedDict
 
 from ..brokers.base import Envelope
@@ -81,6 +82,12 @@ class PublishOptions(BatchOptions, total=False):
     message: Message
     idempotency_key: str
     deliver_at: Any
+    #: Enqueue on this queue instead of routing (a node putting an answer that came over the
+    #: network on the reply queue it is for).
+    queue: str
+    #: The delivery options the message came with from another node: its hop count, causation
+    #: id and extras are kept, so the loop guard counts hops across nodes.
+    delivery_options: DeliveryOptions
 
 
 _OPTION_FIELDS = frozenset(
@@ -94,6 +101,8 @@ _OPTION_FIELDS = frozenset(
         "encryption_key",
         "delay",
         "deliver_at",
+        "queue",
+        "delivery_options",
     }
 )
 _KNOWN = _OPTION_FIELDS | frozenset(MESSAGE_FIELDS)
@@ -124,7 +133,10 @@ class Publisher:
             )
             return (await self.send([(message, opts)], None, 0.0))[0]
         msg, opts, seal, available_at = self.parse(message, options)
-        return (await self.send([(msg, opts)], seal, available_at))[0]
+        queue = options.get("queue")
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise InvalidMessageError("queue must be a non-empty string")
+        return (await self.send([(msg, opts)], seal, available_at, to=queue))[0]
 
     async def publish_batch(
         self,
@@ -297,6 +309,9 @@ class Publisher:
             given.get("idempotency_key"),
             given.get("retry_policy"),
         )
+        carried = given.get("delivery_options")
+        if carried is not None:
+            opts = _carry(opts, carried)
         seal = self.seal(
             bool(given.get("compress", False)),
             given.get("compression_algorithm", "gzip"),
@@ -498,6 +513,21 @@ class Publisher:
             )
             for q in queues
         ]
+
+
+def _carry(options: DeliveryOptions, carried: DeliveryOptions) -> DeliveryOptions:
+    """``options`` with the hop count, causation id and extras of ``carried`` (the options a
+    message came with from another node)."""
+    if not isinstance(carried, DeliveryOptions):
+        raise InvalidMessageError("delivery_options must be a DeliveryOptions")
+    if not carried.hops and carried.causation_id is None and not carried.extras:
+        return options
+    return replace(
+        options,
+        hops=max(options.hops, carried.hops),
+        causation_id=carried.causation_id or options.causation_id,
+        extras={**carried.extras, **options.extras},
+    )
 
 
 def _results(

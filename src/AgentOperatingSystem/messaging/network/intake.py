@@ -43,8 +43,11 @@ class Refusal(Exception):
 
 
 def publish_options(options: DeliveryOptions, idempotency_key: str | None = None) -> dict[str, Any]:
-    """``bus.publish`` keyword options carrying a message's delivery options across a node."""
+    """``bus.publish`` keyword options carrying a message's delivery options across a node
+    (its hop count, causation id and extras too, so the loop guard counts across nodes)."""
     out: dict[str, Any] = {}
+    if options.hops or options.causation_id is not None or options.extras:
+        out["delivery_options"] = options
     if options.delivery_mode is not DEFAULT_OPTIONS.delivery_mode:
         out["delivery_mode"] = options.delivery_mode
     key = idempotency_key or options.idempotency_key
@@ -95,15 +98,18 @@ class Intake:
                 400, "bad_request", f"not a valid AOS CloudEvents envelope: {exc}"
             ) from exc
 
-    async def publish(self, message: Message, options: DeliveryOptions) -> Outcome:
+    async def publish(
+        self, message: Message, options: DeliveryOptions, *, queue: str | None = None
+    ) -> Outcome:
         """Publish a message that came over the network, deduplicated on its id (a retry or
-        a replay is not delivered twice); what to answer for it."""
+        a replay is not delivered twice); what to answer for it. ``queue``: put it on this
+        queue instead of its recipient's (a relayed answer for a reply queue)."""
         bus = self.bus
         if not bus.started:
             return 503, "unavailable", "the node's message bus is not running", False
         key = None
         try:
-            if options is DEFAULT_OPTIONS and not bus.broker.needs_bytes:
+            if options is DEFAULT_OPTIONS and queue is None and not bus.broker.needs_bytes:
                 # An in-process engine: deduplicate here (this record is exactly as durable
                 # as the queue itself) and let the bus take its fast publish path.
                 key = f"{message.recipient_id}\x1f{message.message_id}"
@@ -112,7 +118,10 @@ class Intake:
                 result = await bus.publish(message)
             else:
                 key_or_id = options.idempotency_key or f"net:{message.message_id}"
-                result = await bus.publish(message, **publish_options(options, key_or_id))
+                extra = publish_options(options, key_or_id)
+                if queue is not None:
+                    extra["queue"] = queue
+                result = await bus.publish(message, **extra)
         except BaseException as exc:
             if key is not None:
                 self._seen.pop(key, None)

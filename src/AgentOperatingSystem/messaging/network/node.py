@@ -18,7 +18,8 @@ and the answer is ``200 {"results": [{"id", "status": 202, "duplicate"} | {"id",
 {"accepted":true,"duplicate":false}`` (``"duplicate":true`` when the node had it already).
 Errors carry ``{"error": {"code": ..., "message": ...}}``: ``400 bad_request``, ``401
 unauthorized`` (unsigned, wrongly signed, or a timestamp older than ``signature_max_age``,
-see :mod:`.auth`), ``404 unknown_agent``, ``413 payload_too_large``, ``503
+see :mod:`.auth`; or a copy of a request already accepted, see :mod:`.replay`), ``404
+unknown_agent``, ``413 payload_too_large``, ``503
 queue_full``/``unavailable``. Also served: ``GET /aos/v1/health`` (public), ``GET
 /aos/v1/agents`` and ``GET /aos/v1/agents/{agent_id}`` (signed), and the A2A routes
 (:mod:`.a2a`).
@@ -29,8 +30,10 @@ The parts
 (where agents are), :mod:`.hosting` (which of them this node hosts), :mod:`.pool` and
 :mod:`.transport` (sending, with retries and a circuit per node) and :mod:`.lanes`
 (batching), :mod:`.intake` (what arrives), :mod:`.outbox` (failed sends, dead-lettered and
-sent again), :mod:`.peers` (importing a node's agents), :mod:`.server` (the HTTP server),
-:mod:`.a2a` (A2A 1.0).
+sent again), :mod:`.replay` (each signed request accepted once), :mod:`.relay` (the local
+queues of agents hosted elsewhere, and their answers, sent on), :mod:`.peers` (importing a
+node's agents), :mod:`.server` (the HTTP server), :mod:`.connections` (what a client may
+hold of it: limits and timeouts, ``NetworkConfig.limits``), :mod:`.a2a` (A2A 1.0).
 """
 
 from __future__ import annotations
@@ -56,18 +59,23 @@ from ..errors import (
     UnknownAgentError,
     error_text,
 )
-from ..policy import DEFAULT_OPTIONS, DeliveryOptions
+from ..policy import DeliveryOptions
 from ..types import Message, MessagePriority, MessageType
 from .a2a import A2AEndpoint
+from .a2a.conversations import ConversationLog
+from .a2a.desk import TaskDesk
 from .auth import RequestAuth
+from .cloudevents import CloudEventsEndpoint
 from .hosting import HostedAgents
 from .intake import Intake, Outcome, Refusal, batch_result, publish_options
 from .outbox import Outbox
 from .peers import peer_agents
 from .pool import Connection, ConnectionPool
 from .registry import AgentInfo, AgentRegistry
+from .relay import Relay
+from .replay import ReplayCache
 from .resource import AsyncResource
-from .sending import ResubmitReport, SendReceipt, as_message
+from .sending import ResubmitReport, SendReceipt, as_message, send_options
 from .server import HttpServer
 from .wire import (
     API_PREFIX,
@@ -95,7 +103,8 @@ class NetworkProtocol(AsyncResource):
     """A network node: serves hosted agents over HTTP (node-to-node and A2A 1.0) and sends
     messages to agents hosted on other nodes (spec section 3.4).
 
-    ``NetworkProtocol(config, message_bus=None, *, storage=None, clock=None)``:
+    ``NetworkProtocol(config, message_bus=None, *, storage=None, clock=None,
+    conversations=None)``:
 
     * ``config`` -- a :class:`NetworkConfig` (default: ``NetworkConfig()``);
     * ``message_bus`` -- the local bus; messages for hosted agents are published on it and
@@ -103,7 +112,9 @@ class NetworkProtocol(AsyncResource):
       node runs its own in-memory bus (:attr:`message_bus`);
     * ``storage`` -- the :class:`StorageManager` holding the agent registry (default: one
       opened from ``config.storage_url``, else in memory);
-    * ``clock`` -- time for signatures, backoff and circuit breakers (tests).
+    * ``clock`` -- time for signatures, backoff and circuit breakers (tests);
+    * ``conversations`` -- a ConversationSystem: the A2A tasks' turns are recorded in the
+      conversation of their ``contextId`` (see :mod:`.a2a.conversations`).
 
     :attr:`app` is the aiohttp application: add routes to it before :meth:`start`. Sending
     works without :meth:`start` (the client side starts lazily); serving needs it. Use
@@ -117,6 +128,7 @@ class NetworkProtocol(AsyncResource):
         *,
         storage: StorageManager | None = None,
         clock: Clock | None = None,
+        conversations: ConversationLog | None = None,
     ) -> None:
         if config is not None and not isinstance(config, NetworkConfig):
             raise ConfigurationError("config must be a NetworkConfig")
@@ -139,12 +151,22 @@ class NetworkProtocol(AsyncResource):
             node_id=self.node_id,
             on_failure=self._outbox.on_send_failure,
         )
+        # remote agents' queues on the local bus, sent on to their nodes (see .relay)
+        self._relay = Relay(self._bus, self._send_relayed, self._serving_url)
         self._auth = RequestAuth(cfg, self.clock)
+        self._replays = ReplayCache(self.storage, cfg, self.clock)
         self._intake = Intake(self._bus, cfg)
-        self._a2a = A2AEndpoint(cfg, self._bus, self._agents.get)
+        self._a2a = A2AEndpoint(
+            cfg,
+            self._bus,
+            self._agents.get,
+            storage=self.storage,
+            listing=self._agents.list,
+            conversations=conversations,
+        )
         self.app = web.Application(client_max_size=max(cfg.max_body_bytes, 1024 * 1024))
         self._add_routes()
-        self._server = HttpServer(self.app, cfg, self.node_id)
+        self._server = HttpServer(self.app, cfg, self.node_id, clock=self.clock)
         self._url: str | None = cfg.public_url
         self._client_lock: asyncio.Lock | None = None
         self._client_ready = False
@@ -174,6 +196,11 @@ class NetworkProtocol(AsyncResource):
         """True while the HTTP server runs."""
         return self._serving
 
+    @property
+    def tasks(self) -> TaskDesk:
+        """The node's A2A tasks (what the dashboard's inbox of parked tasks reads)."""
+        return self._a2a.desk
+
     # ------------------------------------------------------------------ lifecycle
 
     async def _ensure_client(self) -> None:
@@ -194,6 +221,7 @@ class NetworkProtocol(AsyncResource):
                 )
             await self.pool.start()
             self._outbox.start(name=f"aos-net-outbox:{self.node_id}")
+            await self._relay.start()
             self._client_ready = True
 
     async def start(self) -> Self:
@@ -217,6 +245,8 @@ class NetworkProtocol(AsyncResource):
         if self._url is None:
             self._url = listening
         self._agents.add_own(self.url)
+        self._replays.start(name=f"aos-net-replays:{self.node_id}")
+        await self._a2a.start()
         self._serving = True
         # Local agents registered before the port was known get their address now.
         await self._agents.readdress(self.url)
@@ -234,9 +264,11 @@ class NetworkProtocol(AsyncResource):
             return
         self._closed = True
         self._serving = False
+        await self._relay.close()
         await self._outbox.stop()
         await self._a2a.close()
         await self._server.stop()
+        await self._replays.stop()
         await self.pool.close()
         if self._owns_bus:
             await self._bus.stop()
@@ -256,14 +288,36 @@ class NetworkProtocol(AsyncResource):
         metadata: Mapping[str, Any] | None = None,
     ) -> AgentInfo:
         """Register an agent: hosted on this node when ``address`` is None (or this node's
-        own URL), otherwise on the node at ``address``. ``metadata`` may carry ``name`` and
-        ``description`` for its agent card."""
+        own URL), otherwise on the node at ``address``: then its queue on the local bus is
+        relayed there (see :mod:`.relay`), so ``bus.publish`` and ``bus.request`` reach it.
+        ``metadata`` may carry ``name`` and ``description`` for its agent card."""
         url = self.url if self._serving else None
-        return await self._agents.register(agent_id, address, capabilities, metadata, url)
+        info = await self._agents.register(agent_id, address, capabilities, metadata, url)
+        await self._relay_agent(info)
+        return info
 
     async def unregister_agent(self, agent_id: str) -> bool:
         """Remove an agent from the registry; True when it was there."""
+        await self._relay.drop(agent_id)
         return await self._agents.unregister(agent_id)
+
+    async def _relay_agent(self, info: AgentInfo) -> None:
+        """Relay the local queue of an agent hosted elsewhere to its node (``bus.publish``
+        and ``bus.request`` then reach it); stop relaying one hosted here."""
+        if info.address is not None and not self._agents.is_local(info):
+            await self._relay.forward(info.agent_id, info.address)
+        else:
+            await self._relay.drop(info.agent_id)
+
+    def _serving_url(self) -> str | None:
+        """Where answers to this node's relayed requests come back (None: not serving)."""
+        return self._url if self._serving else None
+
+    async def _send_relayed(self, message: Message, options: DeliveryOptions, address: str) -> None:
+        """Send a relayed message over the signed transport (a failure is raised: the relay's
+        consume loop retries it, then dead-letters it)."""
+        await self._ensure_client()
+        await self.pool.deliver(message, address=address, options=options, report_failure=False)
 
     async def discover_agents(self, capabilities: Iterable[str] | None = None) -> list[AgentInfo]:
         """Registered agents that have every capability in ``capabilities`` (all when None)."""
@@ -282,6 +336,7 @@ class NetworkProtocol(AsyncResource):
         imported = await peer_agents(self.pool, address, self.clock, self._agents.local)
         for info in imported:
             await self.registry.register(info)
+            await self._relay_agent(info)
         return imported
 
     # ------------------------------------------------------------------ sending
@@ -322,7 +377,7 @@ class NetworkProtocol(AsyncResource):
             ttl=ttl,
             metadata=metadata,
         )
-        return await self._route(msg, DEFAULT_OPTIONS)
+        return await self._route(msg, send_options())
 
     async def _route(
         self,
@@ -372,7 +427,7 @@ class NetworkProtocol(AsyncResource):
             await self.pool.check_agent(addr, agent_id)
 
         async def send(message: Message) -> SendReceipt:
-            return await self._route(message, DEFAULT_OPTIONS, addr)
+            return await self._route(message, send_options(), addr)
 
         return Connection(self.pool, addr, agent_id, sender=send)
 
@@ -404,9 +459,10 @@ class NetworkProtocol(AsyncResource):
             f"{API_PREFIX}/agents/{{agent_id}}", self._signed(self._agent_entry, "agent look-up")
         )
         r.add_post(f"{API_PREFIX}/messages", self._on_message)
+        # Foreign producers: the CloudEvents HTTP binding (see .cloudevents).
+        CloudEventsEndpoint(self.config, self._intake, self._agents.get).add_routes(r)
         if self.config.a2a.enabled:
-            r.add_get(f"/agents/{{agent_id}}{CARD_PATH}", self._a2a.on_card)
-            r.add_post("/agents/{agent_id}", self._a2a.on_rpc)
+            self._a2a.add_routes(r)
 
     async def _authenticated(self, request: web.Request) -> tuple[bytes, web.Response | None]:
         """The body of a node-to-node request, or the answer refusing it (401, 413)."""
@@ -435,6 +491,8 @@ class NetworkProtocol(AsyncResource):
                 if denied is not None:
                     return denied
                 return await answer(request)
+            except ConnectionError:  # the client went away: the server's guard logs it quietly
+                raise
             except Exception as exc:
                 log.exception("%s failed", what)
                 return error_response(500, "internal_error", error_text(exc))
@@ -474,12 +532,19 @@ class NetworkProtocol(AsyncResource):
             body, denied = await self._authenticated(request)
             if denied is not None:
                 return denied
+            if self._auth.secrets:  # a signed request is accepted once (see .replay)
+                replayed = await self._replays.check(request.headers)
+                if replayed is not None:
+                    status, code, text, headers = replayed
+                    return error_response(status, code, text, **headers)
             if request.content_type == CLOUDEVENTS_BATCH:
                 return await self._accept_batch(body)
             status, code, text, duplicate = await self._admit(body)
             if status == 202:
                 return accepted_response(duplicate)
             return error_response(status, code, text)
+        except ConnectionError:  # the client went away: the server's guard logs it quietly
+            raise
         except Exception as exc:  # never let a request take the node down
             log.exception("handling an incoming message failed")
             return error_response(500, "internal_error", error_text(exc))
@@ -510,6 +575,8 @@ class NetworkProtocol(AsyncResource):
         recipient = message.recipient_id
         if recipient is None:
             return 400, "bad_request", "the message names no recipient (aosrecipient)", False
-        if await self._agents.get(recipient) is None:
+        queue = self._relay.answer_queue(message, options)  # an answer for a reply queue
+        if queue is None and await self._agents.get(recipient) is None:
             return 404, "unknown_agent", f"this node does not host agent {recipient!r}", False
-        return await self._intake.publish(message, options)
+        await self._relay.route_answers(message, options)
+        return await self._intake.publish(message, options, queue=queue)
