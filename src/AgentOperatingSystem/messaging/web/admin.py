@@ -1,17 +1,16 @@
-"""The handlers of the node's ``/admin`` JSON API (the routes :mod:`.dashboard` installs):
-info, queues, stats, dead letters, send, request, the live tail and conversations."""
+"""The handlers of the node's ``/admin`` JSON API (the routes :mod:`.dashboard` installs
+from :mod:`.routes`): info, queues, stats, one dead letter, send, request, the live tail and
+conversations. Filtered and bulk dead letters are in :mod:`.deadletters`."""
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ..metadata import DLQ_AT, DLQ_ATTEMPTS, DLQ_ERROR, DLQ_QUEUE, DLQ_REASON
 from ..types import MESSAGE_FIELDS, Message, MessagePriority, MessageType
+from .deadletters import dead_letter_dict
 from .events import EventHub
 from .jsonapi import MAX_LIMIT, HTTPError, int_param, json_body, jsonable
 
@@ -65,7 +64,7 @@ class AdminAPI:
             "metrics": bool(tel is not None and tel.metrics_enabled),
             "tracing": bool(tel is not None and tel.tracing_enabled),
             "stream_clients": self.hub.clients,
-            "conversations": self._conversation_system() is not None,
+            "conversations": self.conversation_system() is not None,
         }
         body.update(jsonable(self.info_extra))
         return web.json_response(body)
@@ -107,27 +106,6 @@ class AdminAPI:
 
     # -- dead letters -------------------------------------------------------------------
 
-    async def dlq_list(self, request: web.Request) -> web.StreamResponse:
-        """``GET /admin/dlq[?agent=A&limit=N]``: dead letters with reason and last error."""
-        bus = self.bus
-        limit = int_param(request, "limit", 100)
-        agent = request.query.get("agent") or None
-        if agent is not None:
-            agents = [agent]
-        else:
-            agents = [q for q in sorted(await bus.queues()) if await bus.dead_letter_depth(q) > 0]
-        out: list[dict[str, Any]] = []
-        for name in agents:
-            for msg in await bus.get_dead_letter_messages(name, limit):
-                entry = _dead_letter(msg, name)
-                entry["content"] = _preview(entry["content"])
-                out.append(entry)
-                if len(out) >= limit:
-                    break
-            if len(out) >= limit:
-                break
-        return web.json_response({"dead_letters": out})
-
     async def _find_dead(self, agent: str, message_id: str) -> Message:
         for msg in await self.bus.get_dead_letter_messages(agent, MAX_LIMIT):
             if isinstance(msg, Message) and msg.message_id == message_id:
@@ -138,7 +116,7 @@ class AdminAPI:
         """``GET /admin/dlq/{agent}/{message_id}``: one dead letter in full."""
         agent = request.match_info["agent"]
         msg = await self._find_dead(agent, request.match_info["message_id"])
-        return web.json_response(_dead_letter(msg, agent))
+        return web.json_response(dead_letter_dict(msg, agent))
 
     async def dlq_resubmit(self, request: web.Request) -> web.StreamResponse:
         """``POST /admin/dlq/{agent}/{message_id}/resubmit``: put it back into its queue."""
@@ -208,7 +186,8 @@ class AdminAPI:
 
     # -- conversations ------------------------------------------------------------------
 
-    def _conversation_system(self) -> Any:
+    def conversation_system(self) -> Any:
+        """The conversation system of the node's storage (None: no conversation storage)."""
         if self._conversations is not None:
             return self._conversations
         storage = self._storage if self._storage is not None else getattr(self.bus, "storage", None)
@@ -228,7 +207,7 @@ class AdminAPI:
 
     async def conversations(self, request: web.Request) -> web.StreamResponse:
         """``GET /admin/conversations[?state=&participant=]``: conversations."""
-        system = self._conversation_system()
+        system = self.conversation_system()
         if system is None:
             return web.json_response({"available": False, "conversations": []})
         state = request.query.get("state") or None
@@ -238,7 +217,7 @@ class AdminAPI:
 
     async def conversation(self, request: web.Request) -> web.StreamResponse:
         """``GET /admin/conversations/{id}[?limit=N]``: one conversation with its turns."""
-        system = self._conversation_system()
+        system = self.conversation_system()
         if system is None:
             raise HTTPError(404, "NotAvailable", "this node has no conversation storage")
         cid = request.match_info["conversation_id"]
@@ -249,32 +228,6 @@ class AdminAPI:
             cid, offset=max(0, count - limit), limit=limit
         )
         return web.json_response({"conversation": jsonable(record), "history": jsonable(history)})
-
-
-def _iso(epoch: Any) -> str | None:
-    if isinstance(epoch, (int, float)) and not isinstance(epoch, bool):
-        return datetime.fromtimestamp(float(epoch), tz=UTC).isoformat()
-    return None
-
-
-def _dead_letter(message: Message, agent: str) -> dict[str, Any]:
-    meta = message.metadata
-    body = message_to_dict(message)
-    body.update(
-        {
-            "agent": meta.get(DLQ_QUEUE) or agent,
-            "reason": meta.get(DLQ_REASON),
-            "error": meta.get(DLQ_ERROR),
-            "attempts": meta.get(DLQ_ATTEMPTS),
-            "dead_lettered_at": _iso(meta.get(DLQ_AT)),
-        }
-    )
-    return body
-
-
-def _preview(content: Any, limit: int = 300) -> str:
-    text = json.dumps(content, default=str, ensure_ascii=False)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _redact(url: str) -> str:

@@ -9,22 +9,11 @@ your own):
     queue depths, the dead-letter queue (reason, last error, a *Resubmit* button), a live
     message stream and a conversation viewer.
 ``/admin/...``
-    The JSON API the page and the ``aos-messaging`` command line use:
-
-    ===========================================  ==========================================
-    ``GET  /admin/info``                          node, engine, bus id
-    ``GET  /admin/queues[?all=1]``                agents: depth, dead letters, subscribed
-    ``GET  /admin/stats``                         counters per agent (when metrics are on)
-    ``GET  /admin/dlq[?agent=A&limit=N]``         dead letters with reason and last error
-    ``GET  /admin/dlq/{agent}/{message_id}``      one dead letter in full
-    ``POST /admin/dlq/{agent}/{message_id}/resubmit``  put it back into its queue
-    ``POST /admin/dlq/{agent}/purge``             delete the agent's dead letters
-    ``POST /admin/send``                          publish a message (JSON fields of Message)
-    ``POST /admin/request``                       request/response, waits for the answer
-    ``GET  /admin/tail[?agent=A&type=T]``         live events (Server-Sent Events)
-    ``GET  /admin/conversations[?state=&participant=]``  conversations
-    ``GET  /admin/conversations/{id}[?limit=N]``  one conversation with its turns
-    ===========================================  ==========================================
+    The JSON API the page and the ``aos-messaging`` command line use. Every route is in
+    the table of :mod:`.routes`, which both registers it and describes it in the OpenAPI
+    3.1 document served at ``GET /admin/openapi.json``: info, queues, stats, sampled series,
+    dead letters (filtered, counted, resubmitted or purged in bulk, one by one), send,
+    request, the live tail, causation traces, conversations and their timelines.
 
 Errors are JSON ``{"error": {"type": ..., "message": ...}}`` with a 4xx/5xx status.
 
@@ -36,8 +25,9 @@ site cannot drive them from a visitor's browser. Without a token, bind the node 
 127.0.0.1 (the default) or put it behind an authenticating proxy.
 
 This module installs the routes, guards them and serves the page; the ``/admin`` handlers
-are in :mod:`.admin`, the live stream in :mod:`.events` and the JSON conventions (error
-bodies, parameters) in :mod:`.jsonapi`.
+are in :mod:`.admin`, :mod:`.deadletters`, :mod:`.sampler` (charts over time),
+:mod:`.traces` (causation and timelines, from :mod:`.recorder`) and :mod:`.openapi`; the
+live stream is in :mod:`.events` and the JSON conventions in :mod:`.jsonapi`.
 """
 
 from __future__ import annotations
@@ -52,13 +42,22 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from ..errors import MessagingError
+from ..network.a2a.desk import TaskDesk
 from ..observability.bus_telemetry import telemetry_for
 from .admin import AdminAPI, message_to_dict
+from .deadletters import DeadLetterAPI
 from .events import EventHub
+from .inbox import TaskInbox
 from .jsonapi import HTTPError, error_response, status_of
+from .openapi import OpenAPIDocument
+from .recorder import MessageRecorder
+from .routes import ADMIN_ROUTES
+from .sampler import DEFAULT_CAPACITY, DEFAULT_INTERVAL, SeriesSampler
+from .traces import TraceAPI
 
 __all__ = [
     "ADMIN_TOKEN_ENV",
+    "SAMPLER",
     "EventHub",
     "install_dashboard",
     "message_to_dict",
@@ -68,11 +67,15 @@ log = logging.getLogger("aos.messaging.dashboard")
 
 ADMIN_TOKEN_ENV = "AOS_ADMIN_TOKEN"
 """The environment variable holding the admin token when none is passed."""
+SAMPLER = web.AppKey("aos_dashboard_sampler", SeriesSampler)
+"""The app key of the dashboard's :class:`~.sampler.SeriesSampler`."""
 _COOKIE = "aos_admin_token"
 _STATIC = {
     "dashboard.html": "text/html",
     "dashboard.js": "application/javascript",
     "dashboard.css": "text/css",
+    "charts.js": "application/javascript",
+    "views.js": "application/javascript",
 }
 _PAGE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -84,22 +87,6 @@ _PAGE_HEADERS = {
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_ADMIN_ROUTES: tuple[tuple[str, str, str], ...] = (
-    ("GET", "/admin/info", "info"),
-    ("GET", "/admin/queues", "queues"),
-    ("GET", "/admin/stats", "stats"),
-    ("GET", "/admin/dlq", "dlq_list"),
-    ("GET", "/admin/dlq/{agent}/{message_id}", "dlq_show"),
-    ("POST", "/admin/dlq/{agent}/{message_id}/resubmit", "dlq_resubmit"),
-    ("POST", "/admin/dlq/{agent}/purge", "dlq_purge"),
-    ("POST", "/admin/send", "send"),
-    ("POST", "/admin/request", "request"),
-    ("GET", "/admin/tail", "tail"),
-    ("GET", "/admin/conversations", "conversations"),
-    ("GET", "/admin/conversations/{conversation_id}", "conversation"),
-)
-"""Method, path and :class:`~.admin.AdminAPI` handler of every ``/admin`` route."""
-
 
 def install_dashboard(
     app: web.Application,
@@ -108,6 +95,10 @@ def install_dashboard(
     *,
     token: str | None = None,
     node_info: dict[str, Any] | None = None,
+    record: bool = False,
+    sample_interval: float = DEFAULT_INTERVAL,
+    sample_capacity: int = DEFAULT_CAPACITY,
+    tasks: TaskDesk | None = None,
 ) -> EventHub:
     """Add the dashboard page and the ``/admin`` JSON API for ``bus`` to ``app``.
 
@@ -117,24 +108,48 @@ def install_dashboard(
     ``$AOS_ADMIN_TOKEN``; none: open). ``node_info`` is merged into ``/admin/info``.
     The live stream needs the bus's telemetry: a bus without one gets a
     :class:`~.observability.BusTelemetry` (metrics on, tracing as configured).
+    The node records the messages it sees (for ``/admin/trace`` and the timelines) while
+    a page or stream client is connected, or always with ``record=True``; it samples the
+    bus every ``sample_interval`` seconds, keeping ``sample_capacity`` samples per agent.
+    ``tasks`` (the node's A2A :class:`~..network.a2a.desk.TaskDesk`) feeds the inbox of
+    tasks parked for input.
     Returns the :class:`EventHub` behind ``/admin/tail``.
     """
     secret = token if token is not None else os.environ.get(ADMIN_TOKEN_ENV) or None
     hub = EventHub(telemetry_for(bus))
     api = AdminAPI(bus, storage, hub, node_info or {})
+    recorder = MessageRecorder()
+    hub.observe(recorder)
+    if record:
+        hub.pin()
+    sampler = SeriesSampler(hub.telemetry, bus, interval=sample_interval, capacity=sample_capacity)
+    owners: dict[str, Any] = {
+        "admin": api,
+        "dlq": DeadLetterAPI(bus, hub),
+        "series": sampler,
+        "trace": TraceAPI(bus, recorder, api.conversation_system),
+        "inbox": TaskInbox(tasks),
+        "openapi": OpenAPIDocument(secured=secret is not None),
+    }
 
     r = app.router
     r.add_get("/dashboard", _guard(_redirect_page, secret, page=True))
     r.add_get("/dashboard/", _guard(_page, secret, page=True))
     r.add_get("/dashboard/static/{name}", _guard(_static, secret, page=True))
     add = {"GET": r.add_get, "POST": r.add_post}
-    for method, path, name in _ADMIN_ROUTES:
-        add[method](path, _guard(getattr(api, name), secret))
+    for route in ADMIN_ROUTES:
+        add[route.method](route.path, _guard(getattr(owners[route.owner], route.handler), secret))
+
+    async def on_startup(_app: web.Application) -> None:
+        sampler.start()
 
     async def on_shutdown(_app: web.Application) -> None:
         hub.close()
+        await sampler.stop()
 
+    app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
+    app[SAMPLER] = sampler
     return hub
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -87,28 +87,52 @@ class EventHub:
     def __init__(self, telemetry: BusTelemetry | None) -> None:
         self.telemetry = telemetry
         self._clients: set[StreamClient] = set()
+        self._observers: list[Callable[[dict[str, Any]], None]] = []
+        self._pinned = False
+        self._listening = False
         self._seq = 0
         self.closed = False
 
     def _on_event(self, event: dict[str, Any]) -> None:
         self._seq += 1
         event["seq"] = self._seq
+        for observer in self._observers:
+            observer(event)
         for client in list(self._clients):
             client.offer(event)
+
+    def _listen(self) -> None:
+        """Listen to the telemetry exactly while a client is connected or the hub is
+        pinned."""
+        want = bool(self._clients) or self._pinned
+        if self.telemetry is None or want == self._listening:
+            return
+        if want:
+            self.telemetry.add_listener(self._on_event)
+        else:
+            self.telemetry.remove_listener(self._on_event)
+        self._listening = want
+
+    def observe(self, observer: Callable[[dict[str, Any]], None]) -> None:
+        """Also give every event the hub hears to ``observer`` (quick, must not raise)."""
+        self._observers.append(observer)
+
+    def pin(self, pinned: bool = True) -> None:
+        """Keep listening with no client connected (for the observers), or stop that."""
+        self._pinned = pinned
+        self._listen()
 
     def connect(self, agent: str | None, message_type: str | None) -> StreamClient:
         """Register a client (starts listening when it is the first)."""
         client = StreamClient(agent, message_type)
-        if not self._clients and self.telemetry is not None:
-            self.telemetry.add_listener(self._on_event)
         self._clients.add(client)
+        self._listen()
         return client
 
     def disconnect(self, client: StreamClient) -> None:
-        """Remove a client (stops listening after the last)."""
+        """Remove a client (stops listening after the last, unless pinned)."""
         self._clients.discard(client)
-        if not self._clients and self.telemetry is not None:
-            self.telemetry.remove_listener(self._on_event)
+        self._listen()
 
     @property
     def clients(self) -> int:
@@ -118,6 +142,7 @@ class EventHub:
     def close(self) -> None:
         """Wake every client so its stream ends (node shutdown)."""
         self.closed = True
+        self.pin(False)
         for client in list(self._clients):
             client.offer(None)
 

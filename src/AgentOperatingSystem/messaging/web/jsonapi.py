@@ -10,9 +10,14 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import (
+    AmbiguousMessageError,
+    ConfigurationError,
+    ConversationClosedError,
     ConversationNotFoundError,
+    DuplicateMessageError,
     InvalidMessageError,
     MessagingError,
+    NotAParticipantError,
     PermissionDeniedError,
     QueueFullError,
     RequestFailedError,
@@ -59,6 +64,11 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (UnknownMessageError, 404),
     (ConversationNotFoundError, 404),
     (PermissionDeniedError, 403),
+    (NotAParticipantError, 403),
+    (DuplicateMessageError, 409),
+    (AmbiguousMessageError, 409),
+    (ConversationClosedError, 409),
+    (ConfigurationError, 400),
     (RequestTimeoutError, 504),
     (RequestFailedError, 502),
     (QueueFullError, 503),

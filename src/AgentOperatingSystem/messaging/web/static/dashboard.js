@@ -60,6 +60,8 @@
     else dialog.setAttribute("open", "");
   }
 
+  window.aosDash = { api, el, showDetail, shortId, when, token, interval };
+
   // ---------------------------------------------------------------- node info
 
   async function loadInfo() {
@@ -102,7 +104,9 @@
           el("td", { class: "consumer" }),
           el("td", { class: "published num" }),
           el("td", { class: "acked num" }),
-          el("td", { class: "nacked num" }));
+          el("td", { class: "nacked num" }),
+          el("td", { class: "spark" }));
+        row.addEventListener("click", () => { if (window.aosCharts) window.aosCharts.select(q.agent); });
         body.append(row);
       }
       const c = counts.get(q.agent) || {};
@@ -160,9 +164,59 @@
     }
   }
 
+  function dlqFilter() {
+    const out = {};
+    const agent = $("#dlq-agent").value.trim();
+    const reason = $("#dlq-reason").value.trim();
+    const since = $("#dlq-since").value;
+    const until = $("#dlq-until").value;
+    if (agent) out.agent = agent;
+    if (reason) out.reason = reason;
+    if (since) out.since = new Date(since).toISOString();
+    if (until) out.until = new Date(until).toISOString();
+    return out;
+  }
+
+  function dlqFilterQuery(limit) {
+    const q = new URLSearchParams(dlqFilter());
+    if (limit) q.set("limit", String(limit));
+    return q.toString();
+  }
+
+  // A bulk action: count first (dry run), show it, act only on a second click.
+  let pendingBulk = null;
+
+  async function bulkPrepare(action) {
+    const filter = dlqFilter();
+    let counted;
+    try { counted = await api("/admin/dlq/count?" + dlqFilterQuery(0)); } catch (e) {
+      dlqNotice(e.message, true);
+      return;
+    }
+    pendingBulk = { action, filter, count: counted.count };
+    $("#dlq-bulk-count").textContent = String(counted.count);
+    $("#dlq-bulk-action").textContent = action;
+    $("#dlq-confirm").hidden = false;
+  }
+
+  async function bulkConfirm() {
+    const job = pendingBulk;
+    pendingBulk = null;
+    $("#dlq-confirm").hidden = true;
+    if (!job) return;
+    try {
+      const done = await api("/admin/dlq/" + job.action, { method: "POST", body: JSON.stringify(job.filter) });
+      const n = job.action === "resubmit" ? done.resubmitted : done.purged;
+      dlqNotice(`${job.action === "resubmit" ? "Resubmitted" : "Purged"} ${n} of ${job.count} dead letters.`, false);
+    } catch (e) {
+      dlqNotice(`${job.action} failed: ${e.message}`, true);
+    }
+    await Promise.all([loadDeadLetters(), loadQueues()]);
+  }
+
   async function loadDeadLetters() {
     let data;
-    try { data = await api("/admin/dlq?limit=200"); } catch (e) { return; }
+    try { data = await api("/admin/dlq?" + dlqFilterQuery(200)); } catch (e) { return; }
     const body = $("#dlq tbody");
     const rows = [];
     for (const d of data.dead_letters) {
@@ -218,6 +272,9 @@
       el("span", { class: "mono", text: event.message_id ? shortId(event.message_id) + " " : "" }),
       el("span", { text: describe(event) + " " }),
       el("span", { class: "preview mono", text: event.content || "" }));
+    if (event.message_id) {
+      item.addEventListener("click", () => { if (window.aosViews) window.aosViews.trace(event.message_id); });
+    }
     const list = $("#stream");
     list.prepend(item);
     while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
@@ -258,6 +315,7 @@
         for (const other of list.querySelectorAll("li.selected")) other.classList.remove("selected");
         li.classList.add("selected");
         showConversation(c.conversation_id);
+        if (window.aosViews) window.aosViews.timeline(c.conversation_id);
       });
       return li;
     });
@@ -297,6 +355,14 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     $("#stream-clear").addEventListener("click", () => $("#stream").replaceChildren());
+    for (const id of ["#dlq-agent", "#dlq-reason", "#dlq-since", "#dlq-until"]) {
+      $(id).addEventListener("change", () => { $("#dlq-confirm").hidden = true; pendingBulk = null; loadDeadLetters(); });
+    }
+    $("#dlq-filter").addEventListener("submit", (ev) => { ev.preventDefault(); loadDeadLetters(); });
+    $("#dlq-bulk-resubmit").addEventListener("click", () => bulkPrepare("resubmit"));
+    $("#dlq-bulk-purge").addEventListener("click", () => bulkPrepare("purge"));
+    $("#dlq-confirm-go").addEventListener("click", bulkConfirm);
+    $("#dlq-confirm-cancel").addEventListener("click", () => { pendingBulk = null; $("#dlq-confirm").hidden = true; });
     loadInfo();
     connectStream();
     tick();
