@@ -74,6 +74,7 @@ async def main_async(args: argparse.Namespace) -> int:
     names = [n for n in discover() if wanted is None or n in wanted]
     rows: list[dict[str, Any]] = []
     failed = 0
+    print(f"# suites: {len(names)}", file=sys.stderr, flush=True)  # `aos-messaging bench` reads it
     for name in names:
         started = time.perf_counter()
         print(f"# running {name} ...", file=sys.stderr, flush=True)

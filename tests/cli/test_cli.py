@@ -157,7 +157,7 @@ def test_help_and_usage_errors_as_a_subprocess() -> None:
     assert "error: unrecognized arguments: --bogus" in bad.stderr
     missing = run("request")
     assert missing.returncode == 2
-    assert "--to" in missing.stderr
+    assert "name the agent: AGENT (or --to AGENT)" in missing.stderr
     nothing = run()
     assert nothing.returncode == 2
 
@@ -174,7 +174,7 @@ def test_unreachable_node_is_an_error_with_a_hint() -> None:
 
 def test_parser_is_buildable_without_a_node() -> None:
     args = build_parser().parse_args(["send", "--to", "a", "--count", "2"])
-    assert args.count == 2 and args.to == "a"
+    assert args.count == 2 and args.agent_option == "a" and args.agent is None
 
 
 def test_node_and_token_defaults_are_read_from_the_environment_when_the_parser_is_built(

@@ -15,16 +15,19 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from .output import PROG, CLIError
+from .output import EXIT_USAGE, PROG, CLIError
 
 __all__ = [
+    "AGENT_OPTION",
     "DEFAULT_NODE",
     "NODE_ENV",
     "TOKEN_ENV",
     "AdminClient",
+    "agent_of",
     "client_of",
     "parse_content",
     "quote",
+    "required_agent",
 ]
 
 DEFAULT_NODE = "http://127.0.0.1:8080"
@@ -33,6 +36,9 @@ NODE_ENV = "AOS_NODE_URL"
 """The environment variable holding the default ``--node``."""
 TOKEN_ENV = "AOS_ADMIN_TOKEN"
 """The environment variable holding the default ``--token``."""
+AGENT_OPTION = "agent_option"
+"""Where argparse puts an agent named by option (``--agent``, or ``--to``) rather than by
+the positional ``AGENT``."""
 
 
 class AdminClient:
@@ -99,6 +105,26 @@ class AdminClient:
 def client_of(args: argparse.Namespace) -> AdminClient:
     """The client of the node that ``--node`` and ``--token`` name."""
     return AdminClient(args.node, args.token)
+
+
+def agent_of(args: argparse.Namespace, *, flag: str = "--agent") -> str | None:
+    """The agent a command acts on, or None: the positional ``AGENT`` or the option ``flag``
+    (the same agent may be given both ways; two different ones are a usage error, exit 2)."""
+    given: str | None = getattr(args, "agent", None)
+    named: str | None = getattr(args, AGENT_OPTION, None)
+    if given and named and given != named:
+        raise CLIError(
+            f"two agents given: {given!r} and {flag} {named!r}; name the agent once", EXIT_USAGE
+        )
+    return named or given
+
+
+def required_agent(args: argparse.Namespace, *, flag: str = "--agent") -> str:
+    """:func:`agent_of` for a command that needs an agent: none is a usage error (exit 2)."""
+    agent = agent_of(args, flag=flag)
+    if not agent:
+        raise CLIError(f"name the agent: AGENT (or {flag} AGENT)", EXIT_USAGE)
+    return agent
 
 
 def quote(value: str) -> str:

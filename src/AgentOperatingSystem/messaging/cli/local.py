@@ -8,10 +8,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO, Iterable
 
 from .output import EXIT_INTERRUPTED, CLIError
+from .progress import Progress
 
-__all__ = ["cmd_bench", "cmd_demo", "find_benchmarks"]
+__all__ = ["cmd_bench", "cmd_demo", "find_benchmarks", "follow_suites"]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -58,6 +60,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     try:
-        return subprocess.call(cmd, cwd=root, env=env)
+        with subprocess.Popen(
+            cmd, cwd=root, env=env, stderr=subprocess.PIPE, text=True, bufsize=1
+        ) as child:
+            assert child.stderr is not None
+            follow_suites(child.stderr, sys.stderr)
+            return child.wait()
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def follow_suites(lines: Iterable[str], out: IO[str], progress: Progress | None = None) -> None:
+    """Pass the runner's stderr ``lines`` on to ``out`` and count its suites on a progress
+    bar: ``# suites: N`` opens it, each ``# <suite> done in ...`` advances it."""
+    try:
+        for line in lines:
+            if line.startswith("# suites: ") and progress is None:
+                total = int(line.split(":", 1)[1])
+                progress = Progress(total, "benchmark suites", stream=out, enabled=total > 1)
+                continue
+            if progress is not None and line.startswith("# ") and " done in " in line:
+                progress.advance()
+            # a bar replaces the runner's own "# ..." lines; anything else (errors) passes
+            if progress is None or not progress.terminal or not line.startswith("# "):
+                out.write(line)
+                out.flush()
+    finally:
+        if progress is not None:
+            progress.finish()

@@ -5,17 +5,24 @@
     aos-messaging demo                         the multi-agent walk-through (SQLite)
     aos-messaging serve [--broker-url URL] [--host H] [--port P]
                                                a node: bus + network + dashboard + /metrics
-    aos-messaging send --to AGENT --type TYPE [--content JSON] [--count N]
-    aos-messaging request --to AGENT [--content JSON] [--timeout S]
-    aos-messaging tail [--agent A] [--type T] [--count N]
-    aos-messaging queues
-    aos-messaging dlq list|show|resubmit|purge ...
+    aos-messaging send [AGENT] [--type TYPE] [--content JSON] [--count N]
+    aos-messaging request AGENT [--content JSON] [--timeout S]
+    aos-messaging tail [AGENT] [--type T] [--count N]
+    aos-messaging queues [--all]
+    aos-messaging dlq list [AGENT] | show AGENT ID | resubmit AGENT (ID... | --all)
+                  | purge AGENT [--yes]
     aos-messaging conversations list|show ...
     aos-messaging bench [--quick] [--only NAMES]
+
+The agent a command acts on is its first positional argument; ``--agent AGENT`` (``--to
+AGENT`` for ``send`` and ``request``) is still accepted.
 
 Every command but ``demo``, ``serve`` and ``bench`` talks to a running node over HTTP (its
 ``/admin`` API): ``--node URL`` (default ``$AOS_NODE_URL``, else ``http://127.0.0.1:8080``)
 and ``--token`` (default ``$AOS_ADMIN_TOKEN``). ``--json`` prints machine-readable output.
+Long work (``send --count N``, ``dlq resubmit --all``, ``dlq purge``) shows its progress on
+stderr (:mod:`.progress`): a bar with rate and time left on a terminal, plain lines
+elsewhere.
 
 Exit codes: 0 success; 1 an error (the node is unreachable, refused the request, a request
 timed out, nothing matched); 2 wrong usage (unknown command or option, missing argument);
@@ -24,8 +31,8 @@ to stop: 0). Errors are printed on stderr as ``aos-messaging: error: <message>``
 
 The package is split by concept: :mod:`.parser` declares the commands as data,
 :mod:`.messages`, :mod:`.queues`, :mod:`.conversations` and :mod:`.local` run them,
-:mod:`.serve` runs a node, :mod:`.client` talks to one, :mod:`.output` prints; this module
-only dispatches.
+:mod:`.serve` runs a node, :mod:`.client` talks to one, :mod:`.output` and :mod:`.progress`
+print; this module only dispatches.
 """
 
 from __future__ import annotations

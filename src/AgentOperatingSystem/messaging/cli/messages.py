@@ -9,34 +9,36 @@ import time
 import urllib.parse
 from typing import Any
 
-from .client import client_of, parse_content
-from .output import EXIT_OK, CLIError, Progress, print_json
+from ..types import MessagePriority
+from .client import agent_of, client_of, parse_content, required_agent
+from .output import EXIT_OK, CLIError, print_json
+from .progress import Progress
 
 __all__ = ["cmd_request", "cmd_send", "cmd_tail", "format_event"]
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    """``send``: publish a message ``--count`` times through ``/admin/send``."""
+    """``send``: publish a message ``--count`` times through ``/admin/send`` (with more than
+    one, a :class:`~.progress.Progress` on stderr)."""
     client = client_of(args)
     content = parse_content(args.content)
-    body: dict[str, Any] = {
+    given: dict[str, Any] = {
         "message_type": args.type,
         "content": content,
         "sender_id": args.sender,
-        "priority": args.priority,
-        "recipient_id": args.to,
+        "priority": _priority(args.priority),
+        "recipient_id": agent_of(args, flag="--to"),
         "correlation_id": args.correlation_id,
         "ttl": args.ttl,
+        "metadata": parse_content(args.metadata) if args.metadata else None,
     }
-    if args.metadata:
-        meta = parse_content(args.metadata)
-        body["metadata"] = meta
+    # only what was given: the SendBody schema has no nulls
+    body = {k: v for k, v in given.items() if v is not None}
     results = []
-    progress = Progress(args.count, "sending", enabled=args.count > 1)
-    for _ in range(args.count):
-        results.append(client.call("POST", "/admin/send", body))
-        progress.advance()
-    progress.finish()
+    with Progress(args.count, "sending", enabled=args.count > 1) as progress:
+        for _ in range(args.count):
+            results.append(client.call("POST", "/admin/send", body))
+            progress.advance()
     if args.json:
         print_json(results if args.count > 1 else results[0])
         return EXIT_OK
@@ -47,10 +49,22 @@ def cmd_send(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _priority(text: str | None) -> str | None:
+    """``--priority`` as the name the admin API documents (``2`` and ``high`` are
+    ``NORMAL`` and ``HIGH``); a value that is no priority is sent as given, for the node to
+    refuse with its message."""
+    if text is None:
+        return None
+    try:
+        return MessagePriority.coerce(int(text) if text.isdigit() else text.upper()).name
+    except (ValueError, KeyError):
+        return text
+
+
 def cmd_request(args: argparse.Namespace) -> int:
     """``request``: send a request through ``/admin/request`` and print the response."""
     body = {
-        "recipient_id": args.to,
+        "recipient_id": required_agent(args, flag="--to"),
         "content": parse_content(args.content),
         "timeout": args.timeout,
         "sender_id": args.sender,
@@ -85,7 +99,8 @@ def format_event(event: dict[str, Any]) -> str:
 def cmd_tail(args: argparse.Namespace) -> int:
     """``tail``: follow ``/admin/tail`` (Server-Sent Events) until ``--count`` or Ctrl-C."""
     client = client_of(args)
-    query = {k: v for k, v in (("agent", args.agent), ("type", args.type)) if v}
+    agent = agent_of(args)
+    query = {k: v for k, v in (("agent", agent), ("type", args.type)) if v}
     path = "/admin/tail" + ("?" + urllib.parse.urlencode(query) if query else "")
     # No read timeout: the node sends a comment every 15 s; allow for three missed ones.
     resp = client.open("GET", path, timeout=60)

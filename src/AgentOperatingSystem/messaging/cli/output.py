@@ -1,5 +1,6 @@
 """What ``aos-messaging`` prints and how it exits: exit codes, :class:`CLIError`,
-:class:`Progress` and the JSON, table, listing and clipping helpers every command uses.
+:class:`Progress` (from :mod:`.progress`) and the JSON, table, listing and clipping helpers
+every command uses.
 
 Exit codes: 0 success; 1 an error (the node is unreachable, refused the request, a request
 timed out, nothing matched); 2 wrong usage; 130 interrupted with Ctrl-C.
@@ -8,9 +9,9 @@ timed out, nothing matched); 2 wrong usage; 130 interrupted with Ctrl-C.
 from __future__ import annotations
 
 import json
-import sys
-import time
-from typing import IO, Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar
+
+from .progress import Progress
 
 __all__ = [
     "EXIT_ERROR",
@@ -41,54 +42,6 @@ class CLIError(Exception):
     def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.code = code
-
-
-class Progress:
-    """A progress bar on stderr: redrawn in place on a terminal; elsewhere (a pipe, a log)
-    one summary line at the end, so logs stay readable."""
-
-    def __init__(
-        self, total: int, label: str, *, stream: IO[str] | None = None, enabled: bool = True
-    ) -> None:
-        self.total = max(0, total)
-        self.label = label
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = enabled
-        self.done = 0
-        self.failed = 0
-        self._live = enabled and self.stream.isatty()
-        self._started = time.monotonic()
-        self._last = 0.0
-
-    def advance(self, n: int = 1, *, failed: bool = False) -> None:
-        """Count ``n`` items as done (``failed``: done, but with an error)."""
-        self.done += n
-        if failed:
-            self.failed += n
-        now = time.monotonic()
-        if self._live and (now - self._last >= 0.05 or self.done >= self.total):
-            self._last = now
-            self._draw()
-
-    def _draw(self) -> None:
-        width = 30
-        frac = self.done / self.total if self.total else 1.0
-        filled = int(width * frac)
-        bar = "#" * filled + "." * (width - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total}")
-        self.stream.flush()
-
-    def finish(self) -> None:
-        """End the bar with a summary line."""
-        if not self.enabled:
-            return
-        elapsed = time.monotonic() - self._started
-        if self._live:
-            self._draw()
-            self.stream.write("\n")
-        extra = f", {self.failed} failed" if self.failed else ""
-        self.stream.write(f"{self.label}: {self.done}/{self.total} done{extra} in {elapsed:.2f}s\n")
-        self.stream.flush()
 
 
 def print_json(data: Any) -> None:

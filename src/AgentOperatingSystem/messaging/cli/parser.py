@@ -6,6 +6,12 @@ instead of a function. :func:`build_parser` turns the table into argparse parser
 command: write ``cmd_<name>(args) -> int`` in the module of its group and add a
 :class:`Command` here.
 
+An agent is named the same way by every command that acts on one (``send``, ``request``,
+``tail``, ``dlq list|show|resubmit|purge``): as the first positional argument ``AGENT``;
+``--agent AGENT`` (``--to AGENT`` for ``send`` and ``request``) is still accepted, so
+scripts written for earlier releases keep working (:func:`.client.agent_of` merges the two).
+Every command's ``--help`` ends with examples (``Command.epilog``).
+
 A *remote* command talks to a node and so takes the shared ``node`` options: ``--node URL``
 (default ``$AOS_NODE_URL``, else ``http://127.0.0.1:8080``), ``--token`` (default
 ``$AOS_ADMIN_TOKEN``) and ``--json``. Defaults read from the environment are read when the
@@ -20,7 +26,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, TypeVar
 
-from .client import DEFAULT_NODE, NODE_ENV, TOKEN_ENV
+from .client import AGENT_OPTION, DEFAULT_NODE, NODE_ENV, TOKEN_ENV
 from .conversations import cmd_conversations_list, cmd_conversations_show
 from .local import cmd_bench, cmd_demo
 from .messages import cmd_request, cmd_send, cmd_tail
@@ -93,6 +99,8 @@ class Command:
     remote: bool = False
     actions: tuple[Command, ...] = ()
     dest: str | None = None
+    epilog: str = ""
+    """Examples shown at the end of the command's ``--help`` (kept as written)."""
 
 
 # ---------------------------------------------------------------------------- value types
@@ -128,6 +136,22 @@ _positive_float = _number(float, "a number", lambda v: v > 0, "must be > 0")
 _CONTENT = "JSON object (or plain text, or - for stdin)"
 _SENDER = Arg("--sender", default="aos-cli", help="sender id (default aos-cli)")
 
+
+def _agent(what: str, *, optional: bool = False, flag: str = "--agent") -> tuple[Arg, Arg]:
+    """The agent a command acts on: the positional ``AGENT`` or, for compatibility, ``flag``
+    (``--agent``, or ``--to`` for send and request); :func:`.client.agent_of` merges them."""
+    needed = " (optional)" if optional else f" (required: AGENT or {flag} AGENT)"
+    return (
+        Arg("agent", nargs="?", metavar="AGENT", help=what + needed),
+        Arg(flag, dest=AGENT_OPTION, metavar="AGENT", help="the same as AGENT"),
+    )
+
+
+def _examples(*lines: str) -> str:
+    """An epilog of example command lines."""
+    return "examples:\n" + "\n".join(f"  {PROG} {line}" for line in lines)
+
+
 NODE_ARGS: tuple[Arg, ...] = (
     Arg(
         "--node",
@@ -154,7 +178,10 @@ _SERVE = Command(
     help="run a node (bus, network, dashboard, /metrics)",
     description="Run a node until Ctrl-C or SIGTERM: the bus on the given engine, the "
     "network endpoints (node-to-node and A2A), the dashboard at /dashboard/, the admin "
-    "API at /admin/ and Prometheus metrics at /metrics.",
+    "API at /admin/ and Prometheus metrics at /metrics. --token protects the dashboard, "
+    "/admin and /metrics (--metrics-public leaves /metrics open), --a2a-token the A2A "
+    "endpoints. On a host other than loopback every surface left open is logged as a "
+    "warning at start, and so is --allow-unsigned on any host.",
     run=cmd_serve,
     args=(
         Arg(
@@ -180,7 +207,20 @@ _SERVE = Command(
         Arg(
             "--token",
             env=TOKEN_ENV,
-            help=f"require this admin token for /admin and the dashboard (default: ${TOKEN_ENV})",
+            help="require this admin token (Authorization: Bearer) for /admin, the dashboard"
+            f" and /metrics (default: ${TOKEN_ENV})",
+        ),
+        Arg(
+            "--metrics-public",
+            action="store_true",
+            help="serve /metrics without the --token (for a Prometheus scraper that sends no"
+            " credentials; a warning is logged on a non-loopback --host)",
+        ),
+        Arg(
+            "--a2a-token",
+            env="AOS_A2A_TOKEN",
+            help="require this token (Authorization: Bearer) on the A2A JSON-RPC endpoints;"
+            " agent cards stay public (default: $AOS_A2A_TOKEN; without it A2A is open)",
         ),
         Arg(
             "--auth-secret",
@@ -189,7 +229,7 @@ _SERVE = Command(
         Arg(
             "--allow-unsigned",
             action="store_true",
-            help="accept unsigned node-to-node requests (local development only)",
+            help="accept unsigned node-to-node requests (development only; logs a warning)",
         ),
         Arg("--node-id", help="this node's id (default: random)"),
         Arg(
@@ -217,8 +257,13 @@ _SEND = Command(
     description="Publish a message on the node's bus.",
     run=cmd_send,
     remote=True,
+    epilog=_examples(
+        'send cfo_agent --type query --content \'{"query": "Q2?"}\'',
+        'send --type event --content \'{"quarter": "Q2"}\'     # fans out to subscribers',
+        "send worker --content '{\"job\": 1}' --count 100 --node http://10.0.0.5:8080",
+    ),
     args=(
-        Arg("--to", help="recipient agent (omit for an event that fans out)"),
+        *_agent("recipient agent (omit for an event that fans out)", optional=True, flag="--to"),
         Arg(
             "--type",
             default="task",
@@ -241,8 +286,12 @@ _REQUEST = Command(
     description="Send a request (QUERY by default) and wait for the response.",
     run=cmd_request,
     remote=True,
+    epilog=_examples(
+        'request cfo_agent --content \'{"query": "Q2 revenue?"}\'',
+        "request analyst --type task --content 'forecast Q3' --timeout 60 --json",
+    ),
     args=(
-        Arg("--to", required=True, help="the agent to ask"),
+        *_agent("the agent to ask", flag="--to"),
         Arg("--content", help=_CONTENT),
         Arg("--timeout", type=_positive_float, default=30.0, help="seconds (default 30)"),
         _SENDER,
@@ -256,8 +305,9 @@ _TAIL = Command(
     description="Follow what the node's bus publishes, delivers and settles.",
     run=cmd_tail,
     remote=True,
+    epilog=_examples("tail", "tail cfo_agent --type query", "tail --count 10 --json"),
     args=(
-        Arg("--agent", help="only events of this agent"),
+        *_agent("only events of this agent", optional=True),
         Arg("--type", help="only this message type"),
         Arg("--count", type=_positive_int, help="stop after N events"),
     ),
@@ -269,6 +319,7 @@ _QUEUES = Command(
     description="List the agents' queues with depth and dead letters.",
     run=cmd_queues,
     remote=True,
+    epilog=_examples("queues", "queues --all --json", "queues --node http://10.0.0.5:8080"),
     args=(Arg("--all", action="store_true", help="include internal queues (_reply.*, ...)"),),
 )
 
@@ -284,8 +335,9 @@ _DLQ = Command(
             description="List dead letters with reason and last error.",
             run=cmd_dlq_list,
             remote=True,
+            epilog=_examples("dlq list", "dlq list cfo_agent --limit 20", "dlq list --json"),
             args=(
-                Arg("--agent", help="only this agent's"),
+                *_agent("only this agent's dead letters", optional=True),
                 Arg("--limit", type=_positive_int, default=100),
             ),
         ),
@@ -295,7 +347,10 @@ _DLQ = Command(
             description="Print one dead letter as JSON.",
             run=cmd_dlq_show,
             remote=True,
-            args=(Arg("agent"), Arg("message_id")),
+            epilog=_examples(
+                "dlq show cfo_agent 7f0c2a...", "dlq show --agent cfo_agent 7f0c2a..."
+            ),
+            args=(*_agent("the agent whose dead letter it is"), Arg("message_id")),
         ),
         Command(
             "resubmit",
@@ -303,8 +358,11 @@ _DLQ = Command(
             description="Put dead letters back into the agent's queue (attempts reset).",
             run=cmd_dlq_resubmit,
             remote=True,
+            epilog=_examples(
+                "dlq resubmit cfo_agent 7f0c2a... 91be44...", "dlq resubmit cfo_agent --all"
+            ),
             args=(
-                Arg("agent"),
+                *_agent("the agent whose queue gets them back"),
                 Arg("message_ids", nargs="*", metavar="MESSAGE_ID"),
                 Arg("--all", action="store_true", help="every dead letter of the agent"),
             ),
@@ -315,8 +373,9 @@ _DLQ = Command(
             description="Delete every dead letter of an agent.",
             run=cmd_dlq_purge,
             remote=True,
+            epilog=_examples("dlq purge cfo_agent", "dlq purge cfo_agent --yes"),
             args=(
-                Arg("agent"),
+                *_agent("the agent whose dead letters go"),
                 Arg("--yes", "-y", action="store_true", help="do not ask for confirmation"),
             ),
         ),
@@ -335,6 +394,7 @@ _CONVERSATIONS = Command(
             description="List conversations (oldest first).",
             run=cmd_conversations_list,
             remote=True,
+            epilog=_examples("conversations list", "conversations list --participant cfo_agent"),
             args=(Arg("--state", choices=["active", "ended"]), Arg("--participant")),
         ),
         Command(
@@ -343,6 +403,7 @@ _CONVERSATIONS = Command(
             description="Print a conversation and its turns.",
             run=cmd_conversations_show,
             remote=True,
+            epilog=_examples("conversations show 3d9f...", "conversations show 3d9f... --limit 20"),
             args=(
                 Arg("conversation_id"),
                 Arg("--limit", type=_positive_int, default=500, help="last N turns (default 500)"),
@@ -379,6 +440,16 @@ COMMANDS: tuple[Command, ...] = (
 
 
 # ---------------------------------------------------------------------------- the builder
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, except that text written on several lines (an epilog of
+    examples) is printed as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -422,6 +493,8 @@ def _add_commands(
             parents=[node] if command.remote else [],
             help=command.help,
             description=command.description,
+            epilog=command.epilog or None,
+            formatter_class=_Formatter,
         )
         for arg in command.args:
             arg.add_to(p)
