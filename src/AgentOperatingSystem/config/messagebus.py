@@ -40,6 +40,11 @@ class MessageBusConfig:
     processed_ttl_seconds: float = 86_400.0
     max_message_bytes: int = 1024 * 1024
     prefetch: int = 64
+    #: Seconds a consumer backs off after a receive that failed (the engine unreachable)
+    #: before it tries again. It is no longer a polling period: an idle consumer waits on
+    #: its engine's wake-up (a send or release from any process on the engine, a delay,
+    #: backoff or lock coming due) and costs nothing meanwhile; each engine keeps at most
+    #: one slow safety poll of its own, whatever the number of agents.
     poll_interval: float = 0.2
     hop_limit: int = 32
     shutdown_timeout: float = 10.0
@@ -56,6 +61,14 @@ class MessageBusConfig:
     #: copy, one trip fewer. A consumer process that dies holding such a request loses it
     #: (the waiting requester gets ``RequestTimeoutError``); False stores every request.
     direct_requests: bool = True
+    #: Whole seconds an answer may wait unread in a reply queue (``_reply.<bus id>``). An
+    #: answer sent there carries this TTL (unless it has its own), and each bus sweeps the
+    #: reply queues of other buses every ``reply_ttl_seconds``: an answer left in the queue
+    #: of a requester that stopped or died is dead-lettered (reason ``expired``) less than
+    #: ``2 * reply_ttl_seconds`` after it was sent (:mod:`..messaging.core.collect`). A live
+    #: requester reads its answers in milliseconds, so this need not cover request timeouts:
+    #: only how long a live requester may go without reading (an engine outage).
+    reply_ttl_seconds: int = 300
 
     def __post_init__(self) -> None:
         for name in (
@@ -64,6 +77,7 @@ class MessageBusConfig:
             "prefetch",
             "hop_limit",
             "metrics_sample_every",
+            "reply_ttl_seconds",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

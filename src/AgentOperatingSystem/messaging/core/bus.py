@@ -18,8 +18,9 @@ Delivery policy is decided here, once, so every engine behaves the same:
 The bus is a facade over its parts, each in its own module: the publish path
 (:mod:`.publish`), the one consume loop (:mod:`.consume`) run by subscriptions
 (:mod:`.subscriptions`), the reply listener (:mod:`.requests`) and event streams
-(:mod:`.streams`), admission and failure (:mod:`.admit`), the pull side (:mod:`.pull`) and
-dead letters (:mod:`.deadletters`). They share one :class:`~.state.Core`.
+(:mod:`.streams`), admission and failure (:mod:`.admit`), the pull side (:mod:`.pull`),
+dead letters (:mod:`.deadletters`) and the collector of reply queues left by requesters that
+are gone (:mod:`.collect`). They share one :class:`~.state.Core`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BrokerClosedError, ConfigurationError, InvalidMessageError
 from ..types import Message, MessagePriority, MessageType
 from .admit import Admission
+from .collect import Collector
 from .consume import Consumer, Handle, LockRenewal
 from .deadletters import DeadLetters
 from .hooks import SecurityHooks, TelemetryHooks
@@ -92,10 +94,19 @@ class MessageBus:
         self._subscriptions = Subscriptions(core, admission, publisher, requests.respond)
         self._pull = Pull(core, admission)
         self._dead_letters = DeadLetters(core, admission)
+        self._collector = collector = Collector(core, admission)
         self._stream_host = StreamHost(
-            self._consumer, publisher.bind, publisher.unbind, self._delete_queue
+            self._consumer,
+            publisher.bind,
+            publisher.unbind,
+            self._delete_queue,
+            self._prepare_queue,
+            instance_id=core.instance_id,
+            alive=collector.beat,
+            quiet=collector.quiet,
         )
         self._streams = self._stream_host.streams
+        collector.open_streams = lambda: [s.queue for s in self._streams]
         self._renewal = LockRenewal(core, self._held_by)
         self.instance_id = core.instance_id
         self.reply_queue = core.reply_queue
@@ -171,6 +182,7 @@ class MessageBus:
             core.attach(core.broker)
             core.started = core.running = True
             self._renewal.start()
+            self._collector.start()
             return self
 
     async def stop(self, timeout: float | None = None) -> None:
@@ -183,6 +195,7 @@ class MessageBus:
         core.stopping = True
         core.running = False
         deadline = self.config.shutdown_timeout if timeout is None else timeout
+        await self._collector.stop()
         consumers = list(self._subscriptions.consumers())
         tasks: list[asyncio.Task[None]] = []
         for consumer in consumers:
@@ -231,6 +244,9 @@ class MessageBus:
 
     async def _delete_queue(self, queue: str) -> None:
         await self._core.engine.delete_queue(queue)
+
+    async def _prepare_queue(self, queue: str) -> None:
+        await self._core.engine.prepare(queue)
 
     # ------------------------------------------------------------------ publish
 
@@ -340,7 +356,8 @@ class MessageBus:
     ) -> Subscription:
         """Start consuming ``agent_id``'s queue with ``handler`` for ``message_types``
         (None: every type). Events of those types published without a recipient are
-        delivered to this agent from now on (a durable binding)."""
+        delivered to this agent from now on (a durable binding). Returns once the engine is
+        ready to deliver to it (``Broker.prepare``); an idle subscription costs nothing."""
         return await self._subscriptions.subscribe(
             agent_id, message_types, handler, max_concurrency
         )

@@ -9,7 +9,11 @@ answer that comes after its request gave up is delivered to the requester's own 
 
 :meth:`Requests.respond` is the one route of an answer: to a future of this bus, else down
 the publish path (which tries the engine's direct delivery first when it has it, and stores
-the answer otherwise).
+the answer otherwise). An answer sent to a reply queue carries ``config.reply_ttl_seconds``
+as its TTL unless it has one: the bound after which the reply queue of a requester that is
+gone is collected (:mod:`.collect`). A late answer delivered to the requester's own queue
+keeps that TTL (counted again from then): unread for that long, it is dead-lettered there
+with reason ``expired``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from .admit import Admission
 from .consume import Consumer, Samples
 from .context import current
 from .publish import Publisher, PublishResult
-from .state import Core
+from .state import REPLY_PREFIX, Core
 
 __all__ = ["Requests"]
 
@@ -104,6 +108,7 @@ class Requests:
         self._pending[correlation] = fut
         listener = self.listener
         if listener.task is None:
+            await core.engine.prepare(core.reply_queue)  # the listener ready before asking
             listener.start("aos-replies")
         try:
             if not self._listening_direct:
@@ -174,6 +179,9 @@ class Requests:
             if fut is not None and not fut.done():
                 fut.set_result(response)
                 return PublishResult(response.message_id, (reply_to,))
+        if response.ttl is None and reply_to.startswith(REPLY_PREFIX):
+            # bounded: unread for that long, it is collected (see .collect)
+            response.ttl = self._core.config.reply_ttl_seconds
         publisher = self._publisher
         options = publisher.options(DeliveryMode.AT_LEAST_ONCE)
         results = await publisher.send(

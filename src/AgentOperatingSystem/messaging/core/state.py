@@ -19,7 +19,10 @@ from ..policy import RetryPolicy
 from ..types import Message, new_message_id
 from .hooks import SecurityHooks, TelemetryHooks
 
-__all__ = ["Core"]
+__all__ = ["REPLY_PREFIX", "Core"]
+
+#: The prefix of every bus's reply queue, ``_reply.<instance id>``.
+REPLY_PREFIX = "_reply."
 
 
 @dataclass(slots=True, eq=False, repr=False)
@@ -58,7 +61,7 @@ class Core:
     def __post_init__(self) -> None:
         self.retry = self.config.retry_policy
         self.instance_id = new_message_id()[:16]
-        self.reply_queue = f"_reply.{self.instance_id}"
+        self.reply_queue = f"{REPLY_PREFIX}{self.instance_id}"
 
     def attach(self, broker: Broker) -> None:
         """Use ``broker`` and note its optional capabilities (checked here, once)."""
