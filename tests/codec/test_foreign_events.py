@@ -256,3 +256,41 @@ def test_any_foreign_event_decodes_or_is_refused_and_what_decodes_travels(
     except DecodeError:
         return
     assert decode(encode(msg, options)) == (msg, options)
+
+
+@pytest.mark.parametrize("engine", ["memory", "sqlite"])
+async def test_a_dead_lettered_foreign_event_is_listed_and_resubmitted_under_the_engines_id(
+    engine: str, tmp_path: Path
+) -> None:
+    """The DLQ tools name a foreign event by the engine's id (as its handler saw it), not by
+    its CloudEvents id, so resubmitting what they list finds the letter."""
+    url = "memory://" if engine == "memory" else f"sqlite:///{tmp_path / 'q.db'}"
+    config = MessageBusConfig(
+        broker_url=url, data_dir=str(tmp_path), default_retry_policy={"max_attempts": 1}
+    )
+    seen: list[str] = []
+    healthy = asyncio.Event()
+
+    async def handler(m: Message) -> None:
+        seen.append(m.message_id)
+        if not healthy.is_set():
+            raise RuntimeError("not yet")
+
+    async with MessageBus(config) as bus:
+        await bus.subscribe("bob", None, handler)
+        await bus.broker.send([Envelope("bob", "eng-9", 2, body=event(id="evt-9", data={}))])
+        for _ in range(500):
+            letters = await bus.get_dead_letter_messages("bob")
+            if letters:
+                break
+            await asyncio.sleep(0.01)
+        assert [m.message_id for m in letters] == ["eng-9"]
+        assert letters[0].content == {"type": BASE["type"], "data": {}}
+        healthy.set()
+        await bus.resubmit(letters[0])
+        for _ in range(500):
+            if len(seen) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert seen == ["eng-9", "eng-9"]
+        assert await bus.get_dead_letter_messages("bob") == []

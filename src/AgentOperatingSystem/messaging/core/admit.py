@@ -47,12 +47,19 @@ class Admission:
         #: every delivery is checked): :meth:`admit` would return its message as it is.
         self.plain_attempts = -1 if core.config.require_signatures else core.retry.max_attempts
 
-    def decode(self, body: bytes) -> tuple[Message, DeliveryOptions]:
+    def decode(
+        self, body: bytes, *, message_id: str | None = None, queue: str | None = None
+    ) -> tuple[Message, DeliveryOptions]:
         """Decode an envelope, or a foreign CloudEvent (``DecodeError``/``DecryptionError``
-        when it cannot be)."""
+        when it cannot be); a foreign one takes the engine's ``message_id`` and ``queue`` as
+        its id and recipient, as :meth:`admit` gives them."""
         core = self._core
         return decode_cloudevent(
-            body, max_bytes=core.config.max_message_bytes, keys=core.content_keys()
+            body,
+            message_id=message_id,
+            recipient=queue,
+            max_bytes=core.config.max_message_bytes,
+            keys=core.content_keys(),
         )
 
     async def verified(self, msg: Message) -> bool:
@@ -75,13 +82,7 @@ class Admission:
             try:
                 # A foreign CloudEvent (no AOS attributes) takes the engine's id and this
                 # queue as its recipient.
-                msg, d.options = decode_cloudevent(
-                    d.body or b"",
-                    message_id=d.message_id,
-                    recipient=queue,
-                    max_bytes=core.config.max_message_bytes,
-                    keys=core.content_keys(),
-                )
+                msg, d.options = self.decode(d.body or b"", message_id=d.message_id, queue=queue)
             except DecryptionError as exc:
                 await self.dead_letter(queue, d, None, "undecryptable", exc)
                 return None

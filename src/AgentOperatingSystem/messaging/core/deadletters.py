@@ -27,7 +27,7 @@ def dead_letter_message(dl: DeadLetter, admission: Admission) -> Message:
     msg = dl.message
     if msg is None:
         try:
-            msg, _ = admission.decode(dl.body or b"")
+            msg, _ = admission.decode(dl.body or b"", message_id=dl.message_id, queue=dl.queue)
         except MessagingError as exc:
             raw = dl.body or b""
             msg = Message(

@@ -5,6 +5,11 @@ header ``"<priority> <enqueued_at> <available_at|-> <expires_at|-> <quoted messa
 (every header costs encoding and parsing on both sides). A dead letter adds its queue,
 reason, error, attempts and time; a handed-off request that failed once carries its prior
 attempts (``Aos-Prior``) and error (``Aos-Error``).
+
+A message another system published to a queue subject (plain nats-py, a CloudEvent with no
+AOS headers) has no ``Aos`` header; :func:`foreign_info` gives it one when it is received:
+its id is its ``Nats-Msg-Id`` when it has one, else ``<stream>:<sequence>`` (stable across
+redeliveries), its enqueue time the server's.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ __all__ = [
     "Info",
     "attempts",
     "fnum",
+    "foreign_info",
     "hq",
     "uq",
 ]
@@ -104,6 +110,15 @@ class Info:
             None if exp == "-" else fnum(exp),
             uq(mid),
         )
+
+
+def foreign_info(
+    headers: dict[str, str], priority: int, stream: str, seq: int, stored_at: float
+) -> Info:
+    """The ``Aos`` header a message without one stands for (see the module docs): the
+    message of a foreign producer, stored at ``seq`` of ``stream`` at ``stored_at``."""
+    message_id = headers.get(H_MSG_ID) or f"{stream}:{seq}"
+    return Info(priority, stored_at, 0.0, None, message_id)
 
 
 def attempts(delivered: int, phantom: int, headers: dict[str, str]) -> int:

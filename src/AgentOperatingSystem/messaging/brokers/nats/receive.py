@@ -5,6 +5,8 @@ the number still wanted (:mod:`.pullers`). A delayed message met too early (``av
 in the future) is handed back with ``nak(delay=remaining)`` and not returned; such phantom
 redeliveries are counted in the meta bucket, so ``attempts`` (JetStream's ``num_delivered``)
 leaves them out. Handoffs waiting for this queue's consumer are returned first, with no pull.
+A message without the ``Aos`` header (a foreign producer's CloudEvent) is given one
+(:func:`.headers.foreign_info`) and handed out like any other: admission decodes its body.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ...policy import DEFAULT_OPTIONS
 from ..base import Delivery
 from .connection import Connection
 from .handoff import Handoffs
-from .headers import H_ERROR, H_INFO, Info, attempts, uq
+from .headers import H_ERROR, H_INFO, Info, attempts, foreign_info, uq
 from .locks import Held, Locks
 from .meta import Meta, MetaStore
 from .pullers import EMPTY_HINT_SECONDS, Puller, Pullers
@@ -105,9 +107,16 @@ class Receiver:
         """Lock a fetched message and make its Delivery; None when it is not due yet (then
         it is handed back until it is)."""
         headers = msg.headers or {}
-        info = Info.decode(headers.get(H_INFO))
         md = msg.metadata
         seq = int(md.sequence.stream)
+        raw_info = headers.get(H_INFO)
+        if raw_info is None:
+            # a foreign producer's message: kept with it, so its dead letter names its id
+            info = foreign_info(headers, puller.priority, md.stream, seq, md.timestamp.timestamp())
+            headers[H_INFO] = info.encode()
+            msg.headers = headers
+        else:
+            info = Info.decode(raw_info)
         delivered = int(md.num_delivered)
         meta = await self._meta.get(seq) if delivered > 1 else None
         available_at = info.available_at
