@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import sys
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 
@@ -73,10 +74,15 @@ def countdown(n: int) -> tuple[Callable[[Any], Awaitable[None]], asyncio.Event]:
     return handler, done
 
 
+#: The checkout holding ``benchmarks/``: where a :class:`Child` runs, so ``-m benchmarks...``
+#: resolves whatever the caller's working directory.
+ROOT = Path(__file__).resolve().parent.parent
+
+
 class Child:
-    """``python -m <module> <args>`` in a child process for the duration of ``async with``:
-    started, its first line of output kept in :attr:`line` (it prints one when it serves),
-    stopped by closing its standard input, then by PID."""
+    """``python -m <module> <args>`` in a child process for the duration of ``async with``
+    (run in :data:`ROOT`): started, its first line of output kept in :attr:`line` (it prints
+    one when it serves), stopped by closing its standard input, then by PID."""
 
     def __init__(self, module: str, *args: str) -> None:
         self.args = [sys.executable, "-m", module, *args]
@@ -85,7 +91,7 @@ class Child:
 
     async def __aenter__(self) -> Child:
         self.proc = await asyncio.create_subprocess_exec(
-            *self.args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+            *self.args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT
         )
         assert self.proc.stdout is not None
         try:

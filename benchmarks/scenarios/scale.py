@@ -62,7 +62,7 @@ import psutil
 from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.messaging.bus import MessageBus
 from AgentOperatingSystem.messaging.types import Message, MessageType
-from benchmarks.common import p50, result
+from benchmarks.common import Child, p50, result
 
 ENGINES = ("memory", "sqlite", "nats")
 AGENTS = (10, 100, 1000)
@@ -77,7 +77,6 @@ PUBLISHERS = 32
 GAP_SECONDS = 0.005  # between latency trials: the agent is parked again
 #: Throughput rounds per engine (over every N in turn; the best per N is kept).
 ROUNDS = {"memory": 3, "sqlite": 2, "nats": 1}
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -203,29 +202,18 @@ def _url(engine: str, n: int, tmp: str, server: Server | None) -> str:
     return f"{server.url}?namespace=scale{n}x{os.urandom(3).hex()}"
 
 
-class Publisher:
+class Publisher(Child):
     """This scenario in another process (``--publish URL``): publishes a timed message to
     each agent named on its standard input, answering each with a line."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.proc: asyncio.subprocess.Process | None = None
+        super().__init__("benchmarks.scenarios.scale", "--publish", url)
 
     async def __aenter__(self) -> Publisher:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "benchmarks.scenarios.scale",
-            "--publish",
-            self.url,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=ROOT,
-        )
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
-        if line.strip() != b"ready":
-            raise RuntimeError(f"publisher did not start: {line!r}")
+        await super().__aenter__()
+        if self.line != "ready":
+            await self.__aexit__()
+            raise RuntimeError(f"publisher did not start: {self.line!r}")
         return self
 
     async def send(self, agent: str) -> None:
@@ -235,16 +223,6 @@ class Publisher:
         proc.stdin.write(agent.encode() + b"\n")
         await proc.stdin.drain()
         await asyncio.wait_for(proc.stdout.readline(), 30)
-
-    async def __aexit__(self, *exc: object) -> None:
-        proc = self.proc
-        assert proc is not None and proc.stdin is not None
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 async def _publisher_main(url: str) -> None:

@@ -13,39 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest_asyncio
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from AgentOperatingSystem.messaging.cli import Node
 from AgentOperatingSystem.messaging.conversation_system import ConversationSystem
 from AgentOperatingSystem.messaging.types import Message, MessageType
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-HAVE_CHROMIUM = Path(CHROMIUM).exists()
-
-
-@pytest_asyncio.fixture
-async def browser() -> AsyncIterator[Browser]:
-    assert HAVE_CHROMIUM, "install Debian's chromium: apt-get install -y chromium"
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
+from tests.support.browser import ARTIFACTS
 
 
 @pytest_asyncio.fixture

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest_asyncio
 from aiohttp import web
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from AgentOperatingSystem.config.messagebus import MessageBusConfig
 from AgentOperatingSystem.config.network import NetworkConfig
@@ -24,8 +24,7 @@ from AgentOperatingSystem.messaging.network_protocol import NetworkProtocol
 from AgentOperatingSystem.messaging.types import Message, MessageType
 from AgentOperatingSystem.messaging.web.dashboard import install_dashboard
 from AgentOperatingSystem.storage.manager import StorageManager
-
-from .test_dashboard_browser import ARGS, ARTIFACTS, CHROMIUM, HAVE_CHROMIUM
+from tests.support.browser import ARTIFACTS
 
 
 @dataclass
@@ -33,17 +32,6 @@ class Served:
     url: str
     bus: MessageBus
     storage: StorageManager
-
-
-@pytest_asyncio.fixture
-async def browser() -> AsyncIterator[Browser]:
-    assert HAVE_CHROMIUM, "install Debian's chromium: apt-get install -y chromium"
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
 
 
 @pytest_asyncio.fixture

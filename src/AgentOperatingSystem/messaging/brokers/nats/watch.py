@@ -198,7 +198,17 @@ class Watches:
 
     # ------------------------------------------------------------------ waking
     def _due(self, queue: str, priority: int | None) -> None:
-        """A due time of ``queue`` came (from the timer)."""
+        """A due time of ``queue`` came (from the timer): a lock deadline (any priority) is
+        spent, and the queue is woken."""
+        if priority is None:
+            watch = self.by_queue.get(queue)
+            if watch is not None:
+                watch.lock_due = float("inf")
+        self._wake_now(queue, priority)
+
+    def _wake_now(self, queue: str, priority: int | None) -> None:
+        """Messages of ``queue`` (one priority or any) may be available now: note it for
+        the receive and wake the waiters."""
         qc = self._pullers.by_queue.get(queue)
         if qc is not None:
             if priority is None:
@@ -207,25 +217,15 @@ class Watches:
                 qc.note(priority)
         watch = self.by_queue.get(queue)
         if watch is not None:
-            if priority is None:
-                watch.lock_due = float("inf")
             watch.drained = False
             watch.event.set()
 
     def schedule_wake(self, queue: str, delay: float, priority: int | None = None) -> None:
         """Messages of ``queue`` (one priority or any) may be available in ``delay`` s."""
-        qc = self._pullers.by_queue.get(queue)
         if delay <= 0:
-            if qc is not None:
-                if priority is None:
-                    qc.note_all()
-                else:
-                    qc.note(priority)
-            watch = self.by_queue.get(queue)
-            if watch is not None:
-                watch.drained = False
-                watch.event.set()
+            self._wake_now(queue, priority)
             return
+        qc = self._pullers.by_queue.get(queue)
         at = time.monotonic() + delay + SERVER_MARGIN
         if qc is not None:
             slots = qc.slots if priority is None else [qc.slots[priority]]
